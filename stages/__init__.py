@@ -1,0 +1,1 @@
+"""fourd pipeline stages: preprocess → mvgen → distill → eval (plus render for 3D assets)."""

@@ -1,0 +1,191 @@
+"""Manifests, the typed contracts between stages, and the atomic output directory they are written into.
+
+A stage writes into a hidden staging directory beside its output, writes `config.yaml` first and
+`manifest.json` last, and only then renames the staging directory into place. A stage that fails leaves the
+previous result (or nothing) and never a half-written directory a later stage could take for a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stages.common.config import format_validation_error
+from stages.common.errors import StageError
+
+__all__ = ["Manifest", "PreprocessManifest", "MANIFEST_FILE", "CONFIG_FILE", "staged_output_dir", "git_sha"]
+
+MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.yaml"
+
+M = TypeVar("M", bound="Manifest")
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    """The commit of the code that runs, with `-dirty` when the tree has changes; `unknown` outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class Manifest(BaseModel):
+    """Fields every artifact carries. Subclasses pin `schema_id` and `stage` with `Literal`s."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_id: str
+    """`fourd.<stage>/v<N>`; bumped when the artifact layout changes, so a stale artifact fails loudly."""
+    stage: str
+    """The stage that wrote the artifact."""
+    subject: str
+    """Name of the input video/object; the same across all stages of one subject."""
+    files: list[str]
+    """Every file of the artifact, relative to its directory (the manifest itself excluded)."""
+    config_sha256: str
+    """`config_sha256()` of the stage config that produced it; `config.yaml` holds the config itself."""
+    code_version: str
+    """git commit of the code that wrote it (`-dirty` when uncommitted changes were present)."""
+    upstream: dict[str, str] = {}
+    """`{stage: sha256 of that stage's manifest.json}` for every artifact this one was computed from."""
+
+    @classmethod
+    def load(cls: type[M], directory: Path) -> M:
+        """Read and validate `<directory>/manifest.json`.
+
+        Raises:
+            StageError: no manifest, not JSON, another schema, invalid fields, or a listed file is missing.
+        """
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        if not directory.is_dir():
+            raise StageError(f"artifact directory not found: {directory}")
+        if not path.is_file():
+            raise StageError(f"{directory} has no {MANIFEST_FILE}: not a finished stage output")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StageError(f"{path}: not valid JSON ({err})") from None
+        want = cls.model_fields["schema_id"].default
+        if isinstance(data, dict) and data.get("schema_id") != want:
+            raise StageError(f"{path}: schema_id is {data.get('schema_id')!r}, expected {want!r}")
+        try:
+            manifest = cls.model_validate(data)
+        except ValidationError as err:
+            raise StageError(format_validation_error(err, source=str(path))) from None
+        missing = [f for f in manifest.files if not (directory / f).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise StageError(f"{directory}: files listed in the manifest are missing: {missing[:3]}{more}")
+        return manifest
+
+    def write(self, directory: Path) -> Path:
+        """Write `manifest.json` atomically (temp file + rename); call it after every other file is written."""
+        directory = Path(directory)
+        missing = [f for f in self.files if not (directory / f).is_file()]
+        if missing:
+            raise RuntimeError(f"manifest lists files that were not written: {missing[:3]}")
+        text = json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, directory / MANIFEST_FILE)
+        return directory / MANIFEST_FILE
+
+    def sha256(self, directory: Path) -> str:
+        """Hash of the manifest file as written in `directory` (used for `upstream`)."""
+        return hashlib.sha256((Path(directory) / MANIFEST_FILE).read_bytes()).hexdigest()
+
+
+class PreprocessManifest(Manifest):
+    """Written by stages.preprocess; read by stages.mvgen and stages.distill.
+
+    Frames are RGBA uint8 PNG, straight alpha, sRGB, square `size_px`, named by `frame_template`.
+    """
+
+    schema_id: Literal["fourd.preprocess/v1"] = "fourd.preprocess/v1"
+    stage: Literal["preprocess"] = "preprocess"
+    num_frames: int
+    """Number of frames kept (the paper uses 8)."""
+    size_px: int
+    """Side of the square frames, pixels."""
+    fps: float
+    """Playback rate of the kept frames: source_fps / mean step between kept source indices."""
+    source_fps: float
+    """Frame rate of the source video (0 when the source was a folder of stills and no fps was given)."""
+    source_num_frames: int
+    """Frames in the source (T)."""
+    source_indices: list[int]
+    """Index into the source of each kept frame, in order."""
+    source_size: tuple[int, int]
+    """Source frame (width, height), pixels."""
+    crop_box: tuple[int, int, int, int]
+    """Square crop in source pixels (x0, y0, x1, y1), shared by all frames; may extend past the image."""
+    alpha_source: Literal["input", "border", "rembg"]
+    """Where the alpha came from: the input's own alpha channel, or a background-removal backend."""
+    prompt: str | None
+    """Text prompt describing the object, if one was given."""
+    frame_template: str = "frames/rgba_{frame:05d}.png"
+    """Path of frame i relative to the artifact directory."""
+    preview_file: str = "preview.mp4"
+    """White-composited H.264 preview video (for people; no stage reads it)."""
+
+    def frame_paths(self, directory: Path) -> list[Path]:
+        """Paths of the kept frames in time order."""
+        return [Path(directory) / self.frame_template.format(frame=i) for i in range(self.num_frames)]
+
+
+@contextmanager
+def staged_output_dir(output_dir: Path) -> Iterator[Path]:
+    """Yield an empty staging directory that replaces `output_dir` only if the block finishes.
+
+    `output_dir` may be absent, empty, or a previous result of a stage (it has a manifest.json); anything
+    else is refused, so a mistyped `--output` never deletes a user's folder. On an exception the staging
+    directory is removed and `output_dir` is left untouched.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise StageError(f"output path exists and is not a directory: {output_dir}")
+        if any(output_dir.iterdir()) and not (output_dir / MANIFEST_FILE).is_file():
+            raise StageError(
+                f"output directory {output_dir} is not empty and holds no {MANIFEST_FILE}; "
+                "refusing to replace it (choose another --output or empty it)"
+            )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = output_dir.parent / f".{output_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if output_dir.exists():
+        old = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(output_dir, old)
+    os.replace(staging, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""MLflow tracking for stage runs: one run per stage and subject, nested under the flow's parent run.
+
+`FOURD_TRACKING=off` runs a stage untracked (e.g. on a GPU box without MLflow); otherwise MLflow is required
+and configured the usual way (`MLFLOW_TRACKING_URI`; MLflow's default is `sqlite:///mlflow.db` in the
+working directory). Heavy files stay with DVC; MLflow gets params, metrics, tags and small artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from stages.common.artifacts import MANIFEST_FILE, git_sha
+from stages.common.config import flatten_config
+from stages.common.errors import StageError
+
+__all__ = ["Tracker", "stage_run", "EXPERIMENT_ENV", "PARENT_RUN_ENV", "TRACKING_ENV"]
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_ENV = "FOURD_MLFLOW_EXPERIMENT"
+"""MLflow experiment name (default `fourd`)."""
+PARENT_RUN_ENV = "FOURD_PARENT_RUN_ID"
+"""Set by the Prefect flow: the stage run becomes a child of this run."""
+TRACKING_ENV = "FOURD_TRACKING"
+"""`mlflow` (default) or `off`."""
+_MAX_PARAM_CHARS = 500
+
+
+class Tracker:
+    """What a stage body logs through; every method is a no-op when tracking is off (`run_id is None`)."""
+
+    def __init__(self, run_id: str | None) -> None:
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log scalar metrics (keys as in metrics.json) at an optional step."""
+        if self.run_id is not None:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copy a small file (manifest, preview, report) into the run's artifacts."""
+        if self.run_id is not None:
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_manifest(self, directory: Path) -> None:
+        """Log the stage's manifest.json."""
+        self.log_artifact(Path(directory) / MANIFEST_FILE)
+
+
+@contextmanager
+def stage_run(
+    stage: str, config: BaseModel, *, subject: str, extra_tags: Mapping[str, Any] | None = None
+) -> Iterator[Tracker]:
+    """Open the MLflow run of one stage execution.
+
+    Sets experiment `fourd` (or `$FOURD_MLFLOW_EXPERIMENT`), run name `<stage>/<subject>`, tags `stage`,
+    `subject`, `git_sha` and `dvc_stage=<stage>@<subject>`, the parent run from `$FOURD_PARENT_RUN_ID`, and
+    logs the flattened config as params. An exception inside marks the run FAILED and propagates.
+
+    Raises:
+        StageError: tracking is on but MLflow is not installed, or `FOURD_TRACKING` has an unknown value.
+    """
+    mode = os.environ.get(TRACKING_ENV, "mlflow")
+    if mode == "off":
+        log.info("tracking off (%s=off): no MLflow run for %s/%s", TRACKING_ENV, stage, subject)
+        yield Tracker(None)
+        return
+    if mode != "mlflow":
+        raise StageError(f"{TRACKING_ENV}={mode!r}: expected 'mlflow' or 'off'")
+    try:
+        import mlflow
+    except ImportError:
+        raise StageError(f"MLflow is not installed: pip install mlflow, or set {TRACKING_ENV}=off") from None
+
+    mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV, "fourd"))
+    tags = {"stage": stage, "subject": subject, "git_sha": git_sha(), "dvc_stage": f"{stage}@{subject}"}
+    tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
+    parent = os.environ.get(PARENT_RUN_ENV) or None
+    nested = parent is not None or mlflow.active_run() is not None
+    with mlflow.start_run(run_name=f"{stage}/{subject}", tags=tags, parent_run_id=parent, nested=nested) as run:
+        params = {k: v[:_MAX_PARAM_CHARS] for k, v in flatten_config(config).items()}
+        mlflow.log_params(params)
+        log.info("MLflow run %s (%s/%s) at %s", run.info.run_id, stage, subject, mlflow.get_tracking_uri())
+        yield Tracker(run.info.run_id)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.common.artifacts import MANIFEST_FILE, PreprocessManifest, staged_output_dir
+from stages.common.errors import StageError
+
+
+def make_manifest(files: list[str]) -> PreprocessManifest:
+    return PreprocessManifest(
+        subject="disc",
+        files=files,
+        config_sha256="0" * 64,
+        code_version="test",
+        num_frames=1,
+        size_px=8,
+        fps=8.0,
+        source_fps=24.0,
+        source_num_frames=3,
+        source_indices=[0],
+        source_size=(16, 8),
+        crop_box=(0, 0, 8, 8),
+        alpha_source="input",
+        prompt=None,
+    )
+
+
+def write_artifact(directory, files=("a.txt",)):
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (directory / f).write_text("x")
+    manifest = make_manifest(list(files))
+    manifest.write(directory)
+    return manifest
+
+
+def test_manifest_round_trip(tmp_path):
+    written = write_artifact(tmp_path / "art")
+    assert PreprocessManifest.load(tmp_path / "art") == written
+    assert not list((tmp_path / "art").glob(".manifest-*")), "temp file left behind"
+
+
+def test_manifest_load_rejects_another_schema(tmp_path):
+    write_artifact(tmp_path / "art")
+    data = json.loads((tmp_path / "art" / MANIFEST_FILE).read_text())
+    data["schema_id"] = "fourd.preprocess/v0"
+    (tmp_path / "art" / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(StageError, match="schema_id is 'fourd.preprocess/v0'"):
+        PreprocessManifest.load(tmp_path / "art")
+
+
+def test_manifest_load_rejects_missing_listed_file(tmp_path):
+    write_artifact(tmp_path / "art", files=("a.txt", "b.txt"))
+    (tmp_path / "art" / "b.txt").unlink()
+    with pytest.raises(StageError, match="missing.*b.txt"):
+        PreprocessManifest.load(tmp_path / "art")
+
+
+def test_manifest_load_rejects_absent_broken_or_invalid(tmp_path):
+    with pytest.raises(StageError, match="not found"):
+        PreprocessManifest.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StageError, match="no manifest.json"):
+        PreprocessManifest.load(tmp_path / "empty")
+    (tmp_path / "empty" / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(StageError, match="not valid JSON"):
+        PreprocessManifest.load(tmp_path / "empty")
+    write_artifact(tmp_path / "art")
+    data = json.loads((tmp_path / "art" / MANIFEST_FILE).read_text())
+    del data["size_px"]
+    data["surprise"] = 1
+    (tmp_path / "art" / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(StageError, match="missing key 'size_px'.*unknown key 'surprise'"):
+        PreprocessManifest.load(tmp_path / "art")
+
+
+def test_manifest_write_refuses_unwritten_files(tmp_path):
+    with pytest.raises(RuntimeError, match="not written"):
+        make_manifest(["ghost.png"]).write(tmp_path)
+    assert not (tmp_path / MANIFEST_FILE).exists()
+
+
+def test_staged_output_appears_only_on_success(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):
+        with staged_output_dir(out) as tmp:
+            (tmp / "half.png").write_text("x")
+            raise ValueError("boom")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [], "staging directory left behind"
+    with staged_output_dir(out) as tmp:
+        write_artifact(tmp)
+    assert PreprocessManifest.load(out).subject == "disc"
+
+
+def test_staged_output_failure_keeps_the_previous_result(tmp_path):
+    out = tmp_path / "out"
+    with staged_output_dir(out) as tmp:
+        write_artifact(tmp, files=("old.txt",))
+    with pytest.raises(RuntimeError):
+        with staged_output_dir(out) as tmp:
+            raise RuntimeError("fails")
+    assert (out / "old.txt").exists() and PreprocessManifest.load(out).files == ["old.txt"]
+    with staged_output_dir(out) as tmp:
+        write_artifact(tmp, files=("new.txt",))
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_staged_output_refuses_a_foreign_folder(tmp_path):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(StageError, match="refusing to replace"):
+        with staged_output_dir(precious):
+            pass
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StageError, match="not a directory"):
+        with staged_output_dir(tmp_path / "file"):
+            pass

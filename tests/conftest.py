@@ -1,0 +1,44 @@
+"""Markers, environment gates and shared fixtures (house style §8.9)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_gpu = os.environ.get("RUN_GPU_TESTS") == "1"
+    run_slow = os.environ.get("RUN_SLOW") == "1"
+    for item in items:
+        if "gpu" in item.keywords:
+            if not run_gpu:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA: set RUN_GPU_TESTS=1 on a GPU machine"))
+        elif run_gpu:
+            item.add_marker(pytest.mark.skip(reason="RUN_GPU_TESTS=1 selects only gpu tests"))
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: set RUN_SLOW=1"))
+        if "weights" in item.keywords and not (REPO / "weights").is_dir():
+            item.add_marker(pytest.mark.skip(reason="needs real checkpoints under weights/"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test logs to its own MLflow file store, so the real tracking code runs and nothing leaks."""
+    store = tmp_path_factory.mktemp("mlruns")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
+    for var in ("FOURD_TRACKING", "FOURD_PARENT_RUN_ID", "FOURD_MLFLOW_EXPERIMENT"):
+        monkeypatch.delenv(var, raising=False)
+    return store
+
+
+@pytest.fixture
+def mlflow_store(_isolated_tracking: Path) -> Path:
+    """The MLflow file store of this test."""
+    return _isolated_tracking
