@@ -25,7 +25,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from stages.common.config import format_validation_error
 from stages.common.errors import StageError
 
-__all__ = ["Manifest", "PreprocessManifest", "MANIFEST_FILE", "CONFIG_FILE", "staged_output_dir", "git_sha"]
+__all__ = [
+    "Manifest",
+    "ViewSet",
+    "PreprocessManifest",
+    "MvgenManifest",
+    "RenderManifest",
+    "MANIFEST_FILE",
+    "CONFIG_FILE",
+    "load_any_manifest",
+    "staged_output_dir",
+    "git_sha",
+]
 
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.yaml"
@@ -155,6 +166,92 @@ class PreprocessManifest(Manifest):
     def frame_paths(self, directory: Path) -> list[Path]:
         """Paths of the kept frames in time order."""
         return [Path(directory) / self.frame_template.format(frame=i) for i in range(self.num_frames)]
+
+
+class ViewSet(BaseModel):
+    """A set of views × frames of RGBA images with their cameras, inside an artifact directory.
+
+    The common currency of multi-view artifacts: 4DM samples (mvgen), ground-truth renders (render), NeRF
+    renders (distill). Evaluation pairs two view sets by camera (`cameras.json`) and by `source_indices`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_views: int
+    num_frames: int
+    size_px: int
+    """Side of the square images, pixels."""
+    frame_template: str
+    """Path of view v, frame f relative to the artifact directory, e.g. `v{view:02d}/rgba_{frame:05d}.png`."""
+    cameras_file: str
+    """`cameras.json` (list of `stages.common.cameras.OrbitCamera`, one per view) relative to the artifact dir."""
+    source_indices: list[int]
+    """For each frame, the index of the input-video frame it shows (aligns predictions with ground truth)."""
+
+    def frame_path(self, directory: Path, view: int, frame: int) -> Path:
+        return Path(directory) / self.frame_template.format(view=view, frame=frame)
+
+    def file_list(self) -> list[str]:
+        """Every image file plus the cameras file, relative paths."""
+        frames = [
+            self.frame_template.format(view=v, frame=f) for v in range(self.num_views) for f in range(self.num_frames)
+        ]
+        return [*frames, self.cameras_file]
+
+
+class MvgenManifest(Manifest):
+    """Written by stages.mvgen (4DM samples); read by stages.distill and stages.eval."""
+
+    schema_id: Literal["fourd.mvgen/v1"] = "fourd.mvgen/v1"
+    stage: Literal["mvgen"] = "mvgen"
+    views: ViewSet
+    """The generated views (4 orthogonal azimuths 0/90/180/270 in our convention) × frames."""
+    prompt: str | None
+    fps: float
+    """Playback rate, copied from the preprocess manifest."""
+
+
+class RenderManifest(Manifest):
+    """Written by stages.render from an animated 3D asset; read by stages.preprocess (input/) and stages.eval."""
+
+    schema_id: Literal["fourd.render/v1"] = "fourd.render/v1"
+    stage: Literal["render"] = "render"
+    input_dir: str
+    """Folder of the monocular input video's RGBA frames (`rgba_{frame:05d}.png`), usable as a
+    `stages.preprocess --input`."""
+    input_camera: dict
+    """The input view's camera (`OrbitCamera` fields)."""
+    gt: ViewSet
+    """Ground-truth views × frames; frame i shows the same instant as input frame `gt.source_indices[i]`."""
+    fps: float
+    prompt: str | None
+    train_dir: str | None = None
+    """Multi-view training clips (4DM training), when rendered."""
+    clip_metrics: dict[str, float] = {}
+    """Curation measurements (motion, out-of-frame fraction, ...)."""
+
+
+MANIFEST_CLASSES: dict[str, type[Manifest]] = {
+    cls.model_fields["schema_id"].default: cls for cls in (PreprocessManifest, MvgenManifest, RenderManifest)
+}
+
+
+def load_any_manifest(directory: Path) -> Manifest:
+    """Load a manifest whatever stage wrote it, dispatching on its `schema_id`.
+
+    Raises:
+        StageError: as `Manifest.load`, or an unknown schema.
+    """
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise StageError(f"{directory} has no {MANIFEST_FILE}: not a finished stage output")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8")).get("schema_id")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise StageError(f"{path}: not a manifest ({err})") from None
+    if schema not in MANIFEST_CLASSES:
+        raise StageError(f"{path}: unknown schema_id {schema!r}; known: {sorted(MANIFEST_CLASSES)}")
+    return MANIFEST_CLASSES[schema].load(directory)
 
 
 @contextmanager

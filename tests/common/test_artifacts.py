@@ -121,3 +121,32 @@ def test_staged_output_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(StageError, match="not a directory"):
         with staged_output_dir(tmp_path / "file"):
             pass
+
+
+def test_view_set_files_and_load_any_manifest(tmp_path):
+    from stages.common.artifacts import MvgenManifest, ViewSet, load_any_manifest
+
+    views = ViewSet(
+        num_views=2,
+        num_frames=3,
+        size_px=8,
+        frame_template="v{view:02d}/rgba_{frame:05d}.png",
+        cameras_file="cameras.json",
+        source_indices=[0, 4, 8],
+    )
+    files = views.file_list()
+    assert len(files) == 7 and files[0] == "v00/rgba_00000.png" and files[-1] == "cameras.json"
+    assert views.frame_path(tmp_path, 1, 2) == tmp_path / "v01/rgba_00002.png"
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x")
+    MvgenManifest(
+        subject="s", files=files, config_sha256="0", code_version="t", views=views, prompt=None, fps=8.0
+    ).write(tmp_path)
+    assert isinstance(load_any_manifest(tmp_path), MvgenManifest)
+    write_artifact(tmp_path / "pre")
+    assert isinstance(load_any_manifest(tmp_path / "pre"), PreprocessManifest)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / MANIFEST_FILE).write_text(json.dumps({"schema_id": "fourd.other/v9"}))
+    with pytest.raises(StageError, match="unknown schema_id 'fourd.other/v9'"):
+        load_any_manifest(tmp_path / "odd")
