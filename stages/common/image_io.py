@@ -99,7 +99,7 @@ def write_preview_video(path: Path, frames_rgb: Sequence[np.ndarray], fps: float
     """Encode uint8 (H, W, 3) frames as an H.264 MP4 (yuv420p, browser-playable) with PyAV.
 
     Odd sizes are padded by one pixel (H.264 4:2:0 needs even sides). Encoding is single-threaded so equal
-    frames give equal bytes.
+    frames give equal bytes (constant quantiser 20, no rate control).
     """
     import av
 
@@ -111,15 +111,21 @@ def write_preview_video(path: Path, frames_rgb: Sequence[np.ndarray], fps: float
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
-        # One encoder thread: x264's threaded lookahead made equal frames encode to different bytes.
+        # Deterministic bytes: one thread and a constant quantiser. With CRF, x264 rate control gave equal
+        # frames different bytes now and then inside our test processes.
         stream.codec_context.thread_count = 1
         stream.codec_context.thread_type = "NONE"
-        stream.options = {"crf": "20", "preset": "medium", "x264-params": "threads=1:lookahead-threads=1"}
-        for rgb in frames_rgb:
+        stream.options = {
+            "preset": "medium",
+            "x264-params": "threads=1:sliced-threads=0:sync-lookahead=0:qp=20:mbtree=0",
+        }
+        stream.codec_context.time_base = 1 / rate
+        for i, rgb in enumerate(frames_rgb):
             if rgb.shape[:2] != (h, w):
                 raise ValueError("all preview frames must have the same size")
             padded = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate  # explicit timestamps: x264's rate control reads them
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
