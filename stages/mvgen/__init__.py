@@ -1,0 +1,9 @@
+"""mvgen stage: 4DM multi-view video generation (spec §2–3). Public API for other stages: FourDMPipeline, load_fourdm."""
+
+from stages.common.artifacts import MvgenManifest
+from stages.mvgen.config import MvgenConfig
+from stages.mvgen.models import FourDMUNet
+from stages.mvgen.pipeline_fourdm import FourDMPipeline, FourDMPipelineOutput, load_fourdm
+from stages.mvgen.run import run
+
+__all__ = ["run", "MvgenConfig", "MvgenManifest", "FourDMPipeline", "FourDMPipelineOutput", "FourDMUNet", "load_fourdm"]

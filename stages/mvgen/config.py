@@ -1,0 +1,41 @@
+"""MvgenConfig: how 4DM samples the anchor videos (spec §1.4 stage B, §2.5)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from stages.common.config import StageConfig
+from stages.mvgen.pipeline_fourdm import OFFICIAL_NEGATIVE_PROMPT
+
+__all__ = ["MvgenConfig"]
+
+
+class MvgenConfig(StageConfig):
+    """Sample 4 orthogonal views × F frames from 4DM for one subject."""
+
+    num_inference_steps: int = Field(100, ge=1)
+    """DDIM steps (official demo: 100, eta 0). configs/tiny/mvgen.yaml uses 2."""
+    guidance_scale: float = Field(5.0, ge=1.0)
+    """Classifier-free guidance weight s in `uncond + s·(cond − uncond)` (official: 5)."""
+    negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
+    """Text of the unconditional branch (official demo's negative prompt)."""
+    fallback_prompt: str = ""
+    """Prompt used when the preprocess artifact carries none."""
+    elevation_deg: float = 0.0
+    """Elevation of the 4 generated views, degrees (the official demo hard-codes 0)."""
+    camera_radius: float = Field(1.1, gt=0.0)
+    """Radius recorded in cameras.json: the distance at which the distill stage renders these views (spec §4.3)."""
+    camera_fov_y_deg: float = Field(45.0, gt=0.0, lt=180.0)
+    """Vertical field of view recorded in cameras.json (spec §4.3)."""
+    seed: int = 23
+    """Sampling seed (the official demo uses 23)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run; `cuda` without a GPU is an error."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Network precision. The official demo samples in fp32; half precision is an explicit speed-up."""
+    alpha_low: float = Field(0.03, ge=0.0, lt=1.0)
+    """Alpha from the white background: pixels closer than this to white (max channel distance) are empty."""
+    alpha_high: float = Field(0.12, gt=0.0, le=1.0)
+    """...and pixels farther than this are opaque, with a linear ramp in between."""
