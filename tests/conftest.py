@@ -14,14 +14,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     run_gpu = os.environ.get("RUN_GPU_TESTS") == "1"
     run_slow = os.environ.get("RUN_SLOW") == "1"
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             if not run_gpu:
                 item.add_marker(pytest.mark.skip(reason="needs CUDA: set RUN_GPU_TESTS=1 on a GPU machine"))
         elif run_gpu:
             item.add_marker(pytest.mark.skip(reason="RUN_GPU_TESTS=1 selects only gpu tests"))
-        if "slow" in item.keywords and not run_slow:
+        if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: set RUN_SLOW=1"))
-        if "weights" in item.keywords and not (REPO / "weights").is_dir():
+        if item.get_closest_marker("weights") and not (REPO / "weights").is_dir():
             item.add_marker(pytest.mark.skip(reason="needs real checkpoints under weights/"))
 
 

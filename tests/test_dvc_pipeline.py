@@ -54,17 +54,19 @@ def repo_copy(tmp_path) -> Path:
 
 def test_dvc_repro_builds_the_example_and_reruns_on_config_change(repo_copy):
     dvc = [sys.executable, "-m", "dvc"]
-    sh([*dvc, "repro"], repo_copy)
+    # The demo's path: preprocess of every subject (mvgen waits for weights/fourdm, render for assets).
+    sh([*dvc, "repro", "--glob", "preprocess@*"], repo_copy)
     m = PreprocessManifest.load(repo_copy / "data/preprocess/fox")
     assert m.subject == "fox" and m.size_px == 256 and m.num_frames == 8
-    assert "up to date" in sh([*dvc, "status"], repo_copy).lower()
+    assert m.alpha_source == "input" and m.fps == pytest.approx(8.0 / 3)  # 8 of 24 frames at 8 fps: stride 3
+    assert "up to date" in sh([*dvc, "status", "preprocess@fox"], repo_copy).lower()
 
     cfg_path = repo_copy / "configs/preprocess.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["size_px"] = 64
     cfg_path.write_text(yaml.safe_dump(cfg))
-    assert "preprocess@fox" in sh([*dvc, "status"], repo_copy)
-    assert "Running stage 'preprocess@fox'" in sh([*dvc, "repro"], repo_copy)
+    assert "preprocess@fox" in sh([*dvc, "status", "preprocess@fox"], repo_copy)
+    assert "Running stage 'preprocess@fox'" in sh([*dvc, "repro", "preprocess@fox"], repo_copy)
     assert PreprocessManifest.load(repo_copy / "data/preprocess/fox").size_px == 64
     params = sh([*dvc, "params", "diff", "--md"], repo_copy)
     assert "size_px" in params and "64" in params

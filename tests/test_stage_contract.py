@@ -28,8 +28,44 @@ def run_preprocess(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest
     return run(config, input_path=video, output_dir=output_dir, subject="tiny"), PreprocessManifest, config
 
 
+def run_mvgen(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], StageConfig]:
+    from stages.common.artifacts import MvgenManifest
+    from stages.mvgen import MvgenConfig, run
+    from stages.preprocess import PreprocessConfig
+    from stages.preprocess import run as preprocess
+    from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
+
+    if not (tmp / "weights").exists():
+        tiny_pipeline(tmp).save_pretrained(tmp / "weights")
+        frames, _ = disc_frames(12, 80, 60, radius=9)
+        write_video(tmp / "mv.mp4", frames, fps=12)
+        cfg = load_config(PreprocessConfig, REPO / "configs/tiny/preprocess.yaml").model_copy(
+            update={"size_px": IMAGE_PX}
+        )
+        preprocess(cfg, input_path=tmp / "mv.mp4", output_dir=tmp / "pre", subject="tiny")
+    config = load_config(MvgenConfig, REPO / "configs/tiny/mvgen.yaml")
+    return (
+        run(config, input_dir=tmp / "pre", weights_dir=tmp / "weights", output_dir=output_dir),
+        MvgenManifest,
+        config,
+    )
+
+
+def run_render(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], StageConfig]:
+    pytest.importorskip("bpy")  # the render venv only (stages/render/requirements.txt)
+    from stages.common.artifacts import RenderManifest
+    from stages.render import RenderConfig, run
+    from tests.render.gltf_assets import write_box_gltf
+
+    asset = tmp / "box.gltf"
+    if not asset.exists():
+        write_box_gltf(asset, keyframes=[(0.0, (0.0, 0.0, -0.5)), (1.0, (0.3, 0.2, 0.5))])
+    config = load_config(RenderConfig, REPO / "configs/tiny/render.yaml")
+    return run(config, input_path=asset, output_dir=output_dir, subject="tiny"), RenderManifest, config
+
+
 TinyRun = Callable[[Path, Path], tuple[Manifest, type[Manifest], StageConfig]]
-TINY_RUNS: dict[str, TinyRun] = {"preprocess": run_preprocess}
+TINY_RUNS: dict[str, TinyRun] = {"preprocess": run_preprocess, "render": run_render, "mvgen": run_mvgen}
 
 
 def hashes(directory: Path) -> dict[str, str]:

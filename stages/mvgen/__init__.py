@@ -1,4 +1,7 @@
-"""mvgen stage: 4DM multi-view video generation (spec §2–3). Public API for other stages: FourDMPipeline, load_fourdm."""
+"""mvgen stage: 4DM multi-view video generation (spec §2–3).
+
+Public API for other stages: FourDMPipeline, load_fourdm, FourDMUNet.
+"""
 
 from stages.common.artifacts import MvgenManifest
 from stages.mvgen.config import MvgenConfig
@@ -6,4 +9,12 @@ from stages.mvgen.models import FourDMUNet
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, FourDMPipelineOutput, load_fourdm
 from stages.mvgen.run import run
 
-__all__ = ["run", "MvgenConfig", "MvgenManifest", "FourDMPipeline", "FourDMPipelineOutput", "FourDMUNet", "load_fourdm"]
+__all__ = [
+    "run",
+    "MvgenConfig",
+    "MvgenManifest",
+    "FourDMPipeline",
+    "FourDMPipelineOutput",
+    "FourDMUNet",
+    "load_fourdm",
+]

@@ -52,8 +52,16 @@ COMPONENTS = {
 
 def official_scheduler() -> DDIMScheduler:
     """The LDM schedule of spec §2.5 as a diffusers DDIM scheduler (timesteps 991, 981, …, 1 for 100 steps)."""
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                         steps_offset=1, clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        timestep_spacing="leading",
+    )
 
 
 @dataclass
@@ -72,9 +80,16 @@ class FourDMPipelineOutput:
 class FourDMPipeline:
     """4DM sampler. Holds the components; `__call__` samples; `save_pretrained`/`from_pretrained` use local folders."""
 
-    def __init__(self, unet: FourDMUNet, vae: AutoencoderKL, scheduler: DDIMScheduler, text_encoder: CLIPTextModel,
-                 tokenizer: CLIPTokenizer, image_encoder: CLIPVisionModel, feature_extractor: CLIPImageProcessor
-                 ) -> None:
+    def __init__(
+        self,
+        unet: FourDMUNet,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        image_encoder: CLIPVisionModel,
+        feature_extractor: CLIPImageProcessor,
+    ) -> None:
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.image_encoder, self.feature_extractor = image_encoder, feature_extractor
@@ -117,8 +132,10 @@ class FourDMPipeline:
             raise StageError(f"4DM weights folder not found: {directory} (see stages/mvgen/README.md)")
         missing = [name for name in COMPONENTS if not (directory / name).is_dir()]
         if missing:
-            raise StageError(f"4DM weights folder {directory} lacks {', '.join(missing)}; convert the official "
-                             "checkpoints with `python -m stages.mvgen.conversion` (stages/mvgen/README.md)")
+            raise StageError(
+                f"4DM weights folder {directory} lacks {', '.join(missing)}; convert the official "
+                "checkpoints with `python -m stages.mvgen.conversion` (stages/mvgen/README.md)"
+            )
         parts = {}
         for name, klass in COMPONENTS.items():
             kwargs: dict = {"local_files_only": True} if name not in ("scheduler",) else {}
@@ -135,8 +152,13 @@ class FourDMPipeline:
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
         """Text tokens (N, 77, D): the SD-2.1 encoder's last hidden state (= OpenCLIP penultimate + LN, spec §2.1)."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         return self.text_encoder(tokens.input_ids.to(self.device)).last_hidden_state
 
     @torch.no_grad()
@@ -219,7 +241,10 @@ class FourDMPipeline:
         ip_lat, camera = torch.cat(ip_latents).to(dtype), cameras.repeat(branches, 1)
 
         # 3. Denoise all views and frames jointly (DDIM, eta 0).
-        channels, size = self.unet.config.in_channels, images.shape[1] // (2 ** (len(self.vae.config.block_out_channels) - 1))
+        channels, size = (
+            self.unet.config.in_channels,
+            images.shape[1] // (2 ** (len(self.vae.config.block_out_channels) - 1)),
+        )
         latents = torch.randn((rows, channels, size, size), generator=generator, device=device, dtype=torch.float32)
         latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)

@@ -51,45 +51,82 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
     vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     expected = pipe.unet.config.sample_size * vae_factor
     if frames.shape[1] != expected:
-        raise StageError(f"frames are {frames.shape[1]} px but this 4DM works at {expected} px: rerun preprocess "
-                         f"with size_px={expected}")
+        raise StageError(
+            f"frames are {frames.shape[1]} px but this 4DM works at {expected} px: rerun preprocess "
+            f"with size_px={expected}"
+        )
     if source.num_frames > pipe.unet.config.motion_max_len:
-        raise StageError(f"{source.num_frames} frames exceed the motion modules' {pipe.unet.config.motion_max_len} "
-                         "positions; preprocess fewer frames (the paper uses 8)")
+        raise StageError(
+            f"{source.num_frames} frames exceed the motion modules' {pipe.unet.config.motion_max_len} "
+            "positions; preprocess fewer frames (the paper uses 8)"
+        )
     prompt = source.prompt or config.fallback_prompt
 
     with stage_run("mvgen", config, subject=source.subject) as tracker:
         # 2. Sample all views × frames jointly.
-        log.info("4DM: %d frames × %d views, %d steps, CFG %.1f, %s on %s", source.num_frames, len(AZIMUTHS_DEG),
-                 config.num_inference_steps, config.guidance_scale, config.dtype, device)
-        out = pipe(frames, prompt, negative_prompt=config.negative_prompt, azimuths_deg=AZIMUTHS_DEG,
-                   elevation_deg=config.elevation_deg, num_inference_steps=config.num_inference_steps,
-                   guidance_scale=config.guidance_scale, generator=make_generator(config.seed, device),
-                   progress=lambda it: progress(it, desc="4DM sampling"))
+        log.info(
+            "4DM: %d frames × %d views, %d steps, CFG %.1f, %s on %s",
+            source.num_frames,
+            len(AZIMUTHS_DEG),
+            config.num_inference_steps,
+            config.guidance_scale,
+            config.dtype,
+            device,
+        )
+        out = pipe(
+            frames,
+            prompt,
+            negative_prompt=config.negative_prompt,
+            azimuths_deg=AZIMUTHS_DEG,
+            elevation_deg=config.elevation_deg,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            generator=make_generator(config.seed, device),
+            progress=lambda it: progress(it, desc="4DM sampling"),
+        )
 
         # 3. Write config, views, cameras and previews; manifest last.
-        views = ViewSet(num_views=len(AZIMUTHS_DEG), num_frames=source.num_frames, size_px=frames.shape[1],
-                        frame_template=VIEW_FRAME_TEMPLATE, cameras_file="cameras.json",
-                        source_indices=source.source_indices)
-        cameras = [OrbitCamera.from_angles(v, a, config.elevation_deg, config.camera_radius, config.camera_fov_y_deg)
-                   for v, a in enumerate(AZIMUTHS_DEG)]
+        views = ViewSet(
+            num_views=len(AZIMUTHS_DEG),
+            num_frames=source.num_frames,
+            size_px=frames.shape[1],
+            frame_template=VIEW_FRAME_TEMPLATE,
+            cameras_file="cameras.json",
+            source_indices=source.source_indices,
+        )
+        cameras = [
+            OrbitCamera.from_angles(v, a, config.elevation_deg, config.camera_radius, config.camera_fov_y_deg)
+            for v, a in enumerate(AZIMUTHS_DEG)
+        ]
         with staged_output_dir(output_dir) as tmp:
             dump_config(config, tmp / CONFIG_FILE)
-            rgba = [[alpha_from_white(out.images[v, f], config.alpha_low, config.alpha_high)
-                     for f in range(source.num_frames)] for v in range(len(AZIMUTHS_DEG))]
+            rgba = [
+                [
+                    alpha_from_white(out.images[v, f], config.alpha_low, config.alpha_high)
+                    for f in range(source.num_frames)
+                ]
+                for v in range(len(AZIMUTHS_DEG))
+            ]
             for v, row in enumerate(rgba):
                 for f, image in enumerate(row):
                     write_rgba(views.frame_path(tmp, v, f), image)
             save_cameras(tmp / views.cameras_file, cameras)
             grid = np.concatenate([np.concatenate([composite_on_white(i) for i in row], axis=1) for row in rgba], 0)
             write_rgba(tmp / "grid.png", np.dstack([grid, np.full(grid.shape[:2], 255, np.uint8)]))
-            strips = [np.concatenate([composite_on_white(rgba[v][f]) for v in range(len(rgba))], axis=1)
-                      for f in range(source.num_frames)]
+            strips = [
+                np.concatenate([composite_on_white(rgba[v][f]) for v in range(len(rgba))], axis=1)
+                for f in range(source.num_frames)
+            ]
             write_preview_video(tmp / "preview.mp4", strips, source.fps or 8.0)
             manifest = MvgenManifest(
-                subject=source.subject, files=[CONFIG_FILE, *views.file_list(), "grid.png", "preview.mp4"],
-                config_sha256=config_sha256(config), code_version=git_sha(),
-                upstream={"preprocess": source.sha256(input_dir)}, views=views, prompt=prompt, fps=source.fps,
+                subject=source.subject,
+                files=[CONFIG_FILE, *views.file_list(), "grid.png", "preview.mp4"],
+                config_sha256=config_sha256(config),
+                code_version=git_sha(),
+                upstream={"preprocess": source.sha256(input_dir)},
+                views=views,
+                prompt=prompt,
+                fps=source.fps,
             )
             manifest.write(tmp)
         tracker.log_manifest(output_dir)

@@ -52,8 +52,12 @@ def write_official_files(pipe, root: Path) -> dict[str, Path]:
     pipe.tokenizer.save_pretrained(root / "sd21" / "tokenizer")
     pipe.image_encoder.save_pretrained(root / "clip")
     pipe.feature_extractor.save_pretrained(root / "clip")
-    return {"imagedream": root / "sd-v2.1-base-4view-ipmv.pt", "fourdm": root / "4dm.ckpt",
-            "text_encoder": root / "sd21", "image_encoder": root / "clip"}
+    return {
+        "imagedream": root / "sd-v2.1-base-4view-ipmv.pt",
+        "fourdm": root / "4dm.ckpt",
+        "text_encoder": root / "sd21",
+        "image_encoder": root / "clip",
+    }
 
 
 def sample(pipe, seed=0):
@@ -143,7 +147,17 @@ def test_fourdm_checkpoint_unwraps_ddp_names():
 def test_conversion_cli_reports_errors_in_one_line(tmp_path, capsys):
     from stages.mvgen.conversion.__main__ import main
 
-    rc = main(["--imagedream", str(tmp_path / "x.pt"), "--text-encoder", str(tmp_path), "--image-encoder",
-               str(tmp_path), "--output", str(tmp_path / "w")])
+    rc = main(
+        [
+            "--imagedream",
+            str(tmp_path / "x.pt"),
+            "--text-encoder",
+            str(tmp_path),
+            "--image-encoder",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "w"),
+        ]
+    )
     assert rc == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: checkpoint not found")

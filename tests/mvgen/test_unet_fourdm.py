@@ -72,10 +72,11 @@ def test_zero_initialised_motion_modules_leave_the_imagedream_unet_unchanged():
     # Same weights through the official index renames, in both directions.
     renames = index_renames(fourdm)
     official_names = fourdm_to_imagedream_unet(fourdm.state_dict(), fourdm.motion_module_names(), renames)
-    stripped = {k[len("model.diffusion_model."):]: v for k, v in official_names.items()}
+    stripped = {k[len("model.diffusion_model.") :]: v for k, v in official_names.items()}
     imagedream.load_state_dict(stripped, strict=True)
-    assert set(imagedream_unet_to_fourdm(official_names, renames)) == {k for k in fourdm.state_dict()
-                                                                       if not k.startswith(mm_prefixes)}
+    assert set(imagedream_unet_to_fourdm(official_names, renames)) == {
+        k for k in fourdm.state_dict() if not k.startswith(mm_prefixes)
+    }
     x = inputs(fourdm)
     with torch.no_grad():
         torch.testing.assert_close(fourdm(**x), imagedream(**x), rtol=0, atol=0)
@@ -163,7 +164,8 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
     unet.save_pretrained(tmp_path / "unet")
     again = FourDMUNet.from_pretrained(tmp_path / "unet", local_files_only=True)
     assert json.loads(again.to_json_string()) | {"_name_or_path": None} == json.loads(unet.to_json_string()) | {
-        "_name_or_path": None}
+        "_name_or_path": None
+    }
     x = inputs(unet, batch=2)
     with torch.no_grad():
         torch.testing.assert_close(again(**x), unet(**x), rtol=0, atol=0)

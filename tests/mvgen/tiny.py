@@ -26,10 +26,23 @@ VISION = 32
 
 def tiny_unet(seed: int = 0, use_motion_module: bool = True, **overrides) -> FourDMUNet:
     torch.manual_seed(seed)
-    kwargs = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
-                  num_head_channels=16, context_dim=CONTEXT, num_ip_tokens=4, ip_embedding_dim=VISION,
-                  resampler_depth=1, resampler_heads=2, resampler_dim_head=16, motion_num_heads=4, motion_max_len=16,
-                  use_motion_module=use_motion_module, sample_size=IMAGE_PX // 2)
+    kwargs = dict(
+        model_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(1, 2),
+        num_head_channels=16,
+        context_dim=CONTEXT,
+        num_ip_tokens=4,
+        ip_embedding_dim=VISION,
+        resampler_depth=1,
+        resampler_heads=2,
+        resampler_dim_head=16,
+        motion_num_heads=4,
+        motion_max_len=16,
+        use_motion_module=use_motion_module,
+        sample_size=IMAGE_PX // 2,
+    )
     kwargs.update(overrides)
     return FourDMUNet(**kwargs)
 
@@ -67,12 +80,30 @@ def tiny_pipeline(tmp: Path, seed: int = 0) -> FourDMPipeline:
     torch.manual_seed(seed + 2)
     vae = sd_vae(block_out_channels=(32, 64), layers_per_block=1)
     torch.manual_seed(seed + 3)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=514, hidden_size=CONTEXT, intermediate_size=37, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=77, bos_token_id=512,
-                                        eos_token_id=513, pad_token_id=513))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=514,
+            hidden_size=CONTEXT,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        )
+    )
     torch.manual_seed(seed + 4)
-    vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=VISION, intermediate_size=37, num_hidden_layers=2,
-                                              num_attention_heads=4, image_size=32, patch_size=8))
+    vision = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=VISION,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        )
+    )
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     tokenizer = write_tiny_tokenizer(tmp / "tokenizer_src")
     return FourDMPipeline(unet, vae, official_scheduler(), text, tokenizer, vision, processor)

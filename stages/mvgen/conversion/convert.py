@@ -9,6 +9,7 @@ mis-shaped key stops the conversion and is named. The output appears only when e
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import zipfile
@@ -44,8 +45,10 @@ def load_checkpoint(path: Path) -> Mapping[str, object]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise StageError(f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
-                         f"({str(err).splitlines()[0]})") from None
+        raise StageError(
+            f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
+            f"({str(err).splitlines()[0]})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise StageError(f"{path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from None
     if not isinstance(obj, Mapping):
@@ -72,10 +75,17 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str) -> No
 def sd_vae(block_out_channels: tuple[int, ...] = (128, 256, 512, 512), layers_per_block: int = 2) -> AutoencoderKL:
     """The SD/ImageDream VAE as a diffusers AutoencoderKL (scaling factor 0.18215)."""
     n = len(block_out_channels)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * n,
-                         up_block_types=["UpDecoderBlock2D"] * n, block_out_channels=list(block_out_channels),
-                         layers_per_block=layers_per_block, latent_channels=4, sample_size=256,
-                         scaling_factor=0.18215)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=list(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=4,
+        sample_size=256,
+        scaling_factor=0.18215,
+    )
 
 
 def find_component(root: Path, sub: str) -> Path:
@@ -86,8 +96,16 @@ def find_component(root: Path, sub: str) -> Path:
     return root / sub if (root / sub).is_dir() else root
 
 
-def convert(*, imagedream: Path, fourdm: Path | None, text_encoder: Path, image_encoder: Path, output: Path,
-            unet: FourDMUNet | None = None, vae: AutoencoderKL | None = None) -> FourDMPipeline:
+def convert(
+    *,
+    imagedream: Path,
+    fourdm: Path | None,
+    text_encoder: Path,
+    image_encoder: Path,
+    output: Path,
+    unet: FourDMUNet | None = None,
+    vae: AutoencoderKL | None = None,
+) -> FourDMPipeline:
     """Build a FourDM weights folder. `unet`/`vae` override the full-size architectures (tests use tiny ones).
 
     With `fourdm=None` the motion modules keep their zero initialisation (the ImageDream model with identity
@@ -106,7 +124,9 @@ def convert(*, imagedream: Path, fourdm: Path | None, text_encoder: Path, image_
         unexpected = sorted(k for k in motion_state if k not in unet.state_dict())
         if unexpected:
             raise StageError(f"{fourdm}: {len(unexpected)} keys the 4DM UNet does not have, e.g. {unexpected[:5]}")
-        missing_motion = sorted(k for k in unet.state_dict() if k.startswith(motion_prefixes) and k not in motion_state)
+        missing_motion = sorted(
+            k for k in unet.state_dict() if k.startswith(motion_prefixes) and k not in motion_state
+        )
         if missing_motion:
             raise StageError(f"{fourdm}: lacks {len(missing_motion)} motion-module keys, e.g. {missing_motion[:5]}")
         unet_state.update(motion_state)
@@ -121,21 +141,24 @@ def convert(*, imagedream: Path, fourdm: Path | None, text_encoder: Path, image_
     try:
         text = CLIPTextModel.from_pretrained(find_component(text_encoder, "text_encoder"), local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(find_component(text_encoder, "tokenizer"), local_files_only=True)
-        vision = CLIPVisionModel.from_pretrained(find_component(image_encoder, "image_encoder"),
-                                                 local_files_only=True)
-        processor = CLIPImageProcessor.from_pretrained(find_component(image_encoder, "feature_extractor"),
-                                                       local_files_only=True)
+        vision = CLIPVisionModel.from_pretrained(find_component(image_encoder, "image_encoder"), local_files_only=True)
+        processor = CLIPImageProcessor.from_pretrained(
+            find_component(image_encoder, "feature_extractor"), local_files_only=True
+        )
     except (OSError, ValueError) as err:
         raise StageError(f"cannot load a CLIP component: {str(err).splitlines()[0]}") from None
     if text.config.hidden_size != unet.config.context_dim:
         raise StageError(f"text encoder width {text.config.hidden_size} != UNet context {unet.config.context_dim}")
     if vision.config.hidden_size != unet.config.ip_embedding_dim:
-        raise StageError(f"image encoder width {vision.config.hidden_size} != resampler input "
-                         f"{unet.config.ip_embedding_dim}")
+        raise StageError(
+            f"image encoder width {vision.config.hidden_size} != resampler input {unet.config.ip_embedding_dim}"
+        )
     pipe = FourDMPipeline(unet, vae, official_scheduler(), text, tokenizer, vision, processor)
     # 4. Write the folder atomically.
     with staged_output_dir(output) as tmp:
         pipe.save_pretrained(tmp)
-        (tmp / "manifest.json").write_text('{"converted_from": "%s"}\n' % Path(imagedream).name)
+        # A marker that lets a later conversion replace this folder (staged_output_dir refuses foreign folders).
+        sources = {"imagedream": Path(imagedream).name, "fourdm": Path(fourdm).name if fourdm else None}
+        (tmp / "manifest.json").write_text(json.dumps({"converted_from": sources}, indent=2) + "\n")
     log.info("wrote %s", output)
     return pipe

@@ -63,8 +63,9 @@ def index_renames(unet: nn.Module) -> tuple[tuple[str, str], ...]:
     return tuple(renames)
 
 
-def imagedream_unet_to_fourdm(state: Mapping[str, Tensor],
-                              renames: tuple[tuple[str, str], ...] = FOURDM_INDEX_RENAMES) -> dict[str, Tensor]:
+def imagedream_unet_to_fourdm(
+    state: Mapping[str, Tensor], renames: tuple[tuple[str, str], ...] = FOURDM_INDEX_RENAMES
+) -> dict[str, Tensor]:
     """The ImageDream checkpoint's UNet entries, prefix stripped and re-indexed for the 4DM UNet."""
     out = {}
     for key, value in state.items():
@@ -73,8 +74,11 @@ def imagedream_unet_to_fourdm(state: Mapping[str, Tensor],
     return out
 
 
-def fourdm_to_imagedream_unet(state: Mapping[str, Tensor], motion_prefixes: list[str],
-                              renames: tuple[tuple[str, str], ...] = FOURDM_INDEX_RENAMES) -> dict[str, Tensor]:
+def fourdm_to_imagedream_unet(
+    state: Mapping[str, Tensor],
+    motion_prefixes: list[str],
+    renames: tuple[tuple[str, str], ...] = FOURDM_INDEX_RENAMES,
+) -> dict[str, Tensor]:
     """Inverse of `imagedream_unet_to_fourdm` for the non-motion keys (used to build official-format test files)."""
     inverse = tuple((new, old) for old, new in renames)
     out = {}
@@ -104,8 +108,9 @@ _VAE_RULES: tuple[tuple[str, str], ...] = (
 _ATTN_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
 
-def ldm_vae_to_diffusers(state: Mapping[str, Tensor], num_levels: int = 4, prefix: str = IMAGEDREAM_VAE_PREFIX
-                         ) -> dict[str, Tensor]:
+def ldm_vae_to_diffusers(
+    state: Mapping[str, Tensor], num_levels: int = 4, prefix: str = IMAGEDREAM_VAE_PREFIX
+) -> dict[str, Tensor]:
     """LDM `AutoencoderKL` names (under `prefix`) → diffusers `AutoencoderKL` names.
 
     Decoder levels are reversed (LDM `up.0` is the last, full-resolution level); attention 1×1 convolutions
@@ -137,8 +142,9 @@ def ldm_vae_to_diffusers(state: Mapping[str, Tensor], num_levels: int = 4, prefi
     return out
 
 
-def diffusers_vae_to_ldm(state: Mapping[str, Tensor], num_levels: int = 4, prefix: str = IMAGEDREAM_VAE_PREFIX
-                         ) -> dict[str, Tensor]:
+def diffusers_vae_to_ldm(
+    state: Mapping[str, Tensor], num_levels: int = 4, prefix: str = IMAGEDREAM_VAE_PREFIX
+) -> dict[str, Tensor]:
     """Inverse of `ldm_vae_to_diffusers` (builds official-format files for tests)."""
     inv_attn = {v: k for k, v in _ATTN_NAMES.items()}
     out = {}
@@ -146,8 +152,9 @@ def diffusers_vae_to_ldm(state: Mapping[str, Tensor], num_levels: int = 4, prefi
         new = key.replace(".conv_shortcut.", ".nin_shortcut.").replace("conv_norm_out.", "norm_out.")
         if m := re.match(r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.", new):
             new = f"{m[1]}.mid.block_{int(m[2]) + 1}." + new[m.end() :]
-        elif m := re.match(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.",
-                           new):
+        elif m := re.match(
+            r"^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.", new
+        ):
             new = f"{m[1]}.mid.attn_1.{inv_attn[m[2]]}." + new[m.end() :]
             if new.endswith(".weight") and value.ndim == 2:
                 value = value[:, :, None, None]

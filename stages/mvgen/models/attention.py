@@ -10,7 +10,6 @@ attention.py (MIT, ImageDream/MVDream lineage).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,8 +32,15 @@ class CrossAttention(nn.Module):
     their own `to_k_ip`/`to_v_ip` and added with weight `ip_weight` (IP-Adapter decoupled cross-attention).
     """
 
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None,
-                 num_ip_tokens: int = 0, ip_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        query_dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None = None,
+        num_ip_tokens: int = 0,
+        ip_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
@@ -86,8 +92,9 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock3D(nn.Module):
     """Self-attention over all tokens of the `num_views` slots of a frame, then per-view cross-attention and FF."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, num_ip_tokens: int,
-                 ip_weight: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, dim_head: int, context_dim: int, num_ip_tokens: int, ip_weight: float
+    ) -> None:
         super().__init__()
         self.attn1 = CrossAttention(dim, heads, dim_head)
         self.ff = FeedForward(dim)
@@ -107,8 +114,17 @@ class BasicTransformerBlock3D(nn.Module):
 class SpatialTransformer3D(nn.Module):
     """GroupNorm → linear proj_in → 3D transformer block(s) → zero-initialised linear proj_out → residual."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int,
-                 num_ip_tokens: int, ip_weight: float, norm_num_groups: int = 32) -> None:
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int,
+        context_dim: int,
+        num_ip_tokens: int,
+        ip_weight: float,
+        norm_num_groups: int = 32,
+    ) -> None:
         super().__init__()
         inner = heads * dim_head
         self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
@@ -133,5 +149,3 @@ class SpatialTransformer3D(nn.Module):
         # Back to a contiguous (B·V, C, H, W): a channels-last result would make the next convolution pick
         # another kernel, and the UNet with identity motion modules would then differ from ImageDream's in float.
         return x.reshape(bv, h, w, c).permute(0, 3, 1, 2).contiguous() + residual
-
-

@@ -40,19 +40,34 @@ class PerceiverAttention(nn.Module):
 
 
 class Resampler(nn.Module):
-    def __init__(self, dim: int = 1024, depth: int = 4, dim_head: int = 64, heads: int = 12, num_queries: int = 16,
-                 embedding_dim: int = 1280, output_dim: int = 1024, ff_mult: int = 4) -> None:
+    def __init__(
+        self,
+        dim: int = 1024,
+        depth: int = 4,
+        dim_head: int = 64,
+        heads: int = 12,
+        num_queries: int = 16,
+        embedding_dim: int = 1280,
+        output_dim: int = 1024,
+        ff_mult: int = 4,
+    ) -> None:
         super().__init__()
         self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
         self.proj_in = nn.Linear(embedding_dim, dim)
         self.proj_out = nn.Linear(dim, output_dim)
         self.norm_out = nn.LayerNorm(output_dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList([
-                PerceiverAttention(dim, dim_head, heads),
-                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * ff_mult, bias=False), nn.GELU(),
-                              nn.Linear(dim * ff_mult, dim, bias=False)),
-            ])
+            nn.ModuleList(
+                [
+                    PerceiverAttention(dim, dim_head, heads),
+                    nn.Sequential(
+                        nn.LayerNorm(dim),
+                        nn.Linear(dim, dim * ff_mult, bias=False),
+                        nn.GELU(),
+                        nn.Linear(dim * ff_mult, dim, bias=False),
+                    ),
+                ]
+            )
             for _ in range(depth)
         )
 

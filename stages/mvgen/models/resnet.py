@@ -9,17 +9,20 @@ __all__ = ["GroupNorm32", "ResBlock", "Downsample", "Upsample"]
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (LDM `normalization`: 32 groups, eps 1e-5)."""
+    """GroupNorm computed in float32 (LDM `normalization`: 32 groups, eps 1e-5), also for half-precision weights."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 class ResBlock(nn.Module):
     """Two 3×3 convolutions with the (time + camera) embedding added in between; zero-initialised second conv."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None,
-                 norm_num_groups: int = 32) -> None:
+    def __init__(
+        self, channels: int, emb_channels: int, out_channels: int | None = None, norm_num_groups: int = 32
+    ) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.in_layers = nn.Sequential(

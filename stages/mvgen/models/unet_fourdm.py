@@ -110,14 +110,21 @@ class FourDMUNet(ModelMixin, ConfigMixin):
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.camera_embed = nn.Sequential(nn.Linear(camera_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.image_embed = Resampler(dim=context_dim, depth=resampler_depth, dim_head=resampler_dim_head,
-                                     heads=resampler_heads, num_queries=num_ip_tokens,
-                                     embedding_dim=ip_embedding_dim, output_dim=context_dim)
+        self.image_embed = Resampler(
+            dim=context_dim,
+            depth=resampler_depth,
+            dim_head=resampler_dim_head,
+            heads=resampler_heads,
+            num_queries=num_ip_tokens,
+            embedding_dim=ip_embedding_dim,
+            output_dim=context_dim,
+        )
 
         def transformer(ch: int) -> SpatialTransformer3D:
             heads = ch // num_head_channels
-            return SpatialTransformer3D(ch, heads, num_head_channels, transformer_depth, context_dim, num_ip_tokens,
-                                        ip_weight, groups)
+            return SpatialTransformer3D(
+                ch, heads, num_head_channels, transformer_depth, context_dim, num_ip_tokens, ip_weight, groups
+            )
 
         def motion(ch: int) -> list[nn.Module]:
             return [VanillaTemporalModule(ch, motion_num_heads, motion_max_len, groups)] if use_motion_module else []
@@ -139,8 +146,9 @@ class FourDMUNet(ModelMixin, ConfigMixin):
                 skip_channels.append(ch)
                 ds *= 2
         # 2. Middle: ResBlock, ST3D, [MM], ResBlock (the MM shifts the second ResBlock to index 3).
-        self.middle_block = UNetBlock(ResBlock(ch, emb_dim, ch, groups), transformer(ch), *motion(ch),
-                                      ResBlock(ch, emb_dim, ch, groups))
+        self.middle_block = UNetBlock(
+            ResBlock(ch, emb_dim, ch, groups), transformer(ch), *motion(ch), ResBlock(ch, emb_dim, ch, groups)
+        )
         # 3. Decoder: per level (num_res_blocks + 1) × ResBlock on the skip concat [+ ST3D] [+ MM] [+ Upsample].
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
