@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render-env demo test test-main test-render test-gpu smoke style quality consistency mlflow-ui clean
+.PHONY: help setup render-env demo report test test-main test-render test-gpu smoke style quality consistency mlflow-ui clean
 
 ## Show this help
 help:
@@ -47,6 +47,10 @@ demo: setup
 	else echo "demo: mvgen skipped, no weights/fourdm yet (stages/mvgen/README.md says how to make it)"; fi
 	@echo "demo: frames in data/preprocess/fox/frames, preview data/preprocess/fox/preview.mp4;"
 	@echo "      MLflow runs in ./mlflow.db (make mlflow-ui). Later stages join as they land (README)."
+
+## Aggregate every subject's eval metrics into reports/metrics.json (DVC metrics)
+report: setup
+	$(BIN)/python -m stages.eval.aggregate --output reports/metrics.json data/eval/*
 
 ## Run every CPU test: the main suite in .venv, then the render stage's in .venv-render
 test: test-main test-render

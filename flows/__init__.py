@@ -4,6 +4,6 @@
 topological order of dvc.yaml, so the flow and `dvc repro` never disagree.
 """
 
-STAGE_ORDER: tuple[str, ...] = ("render", "preprocess", "mvgen")
+STAGE_ORDER: tuple[str, ...] = ("render", "preprocess", "mvgen", "eval")
 """Stages with a DVC stage today, in dependency order (render runs only for subjects made from 3D assets);
-distill and eval join as they land."""
+distill joins when it lands."""

@@ -51,6 +51,25 @@ def run_mvgen(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], St
     )
 
 
+def run_eval(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], StageConfig]:
+    from stages.eval import EvalConfig, EvalManifest, run
+    from tests.eval.builders import make_mvgen, make_render, object_frames
+
+    if not (tmp / "eval_prediction").exists():
+        source = [0, 3, 6, 9]
+        images = object_frames(4, source)
+        make_mvgen(tmp / "eval_prediction", images, source_indices=source)
+        make_render(tmp / "eval_ground_truth", images, source_indices=source)
+    config = load_config(EvalConfig, REPO / "configs/tiny/eval.yaml")
+    manifest = run(
+        config,
+        prediction_dir=tmp / "eval_prediction",
+        ground_truth_dir=tmp / "eval_ground_truth",
+        output_dir=output_dir,
+    )
+    return manifest, EvalManifest, config
+
+
 def run_render(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], StageConfig]:
     pytest.importorskip("bpy")  # the render venv only (stages/render/requirements.txt)
     from stages.common.artifacts import RenderManifest
@@ -65,7 +84,12 @@ def run_render(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], S
 
 
 TinyRun = Callable[[Path, Path], tuple[Manifest, type[Manifest], StageConfig]]
-TINY_RUNS: dict[str, TinyRun] = {"preprocess": run_preprocess, "render": run_render, "mvgen": run_mvgen}
+TINY_RUNS: dict[str, TinyRun] = {
+    "preprocess": run_preprocess,
+    "render": run_render,
+    "mvgen": run_mvgen,
+    "eval": run_eval,
+}
 
 
 def hashes(directory: Path) -> dict[str, str]:

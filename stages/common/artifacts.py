@@ -31,6 +31,9 @@ __all__ = [
     "PreprocessManifest",
     "MvgenManifest",
     "RenderManifest",
+    "EvalManifest",
+    "SkippedMetric",
+    "ViewPair",
     "MANIFEST_FILE",
     "CONFIG_FILE",
     "load_any_manifest",
@@ -122,6 +125,7 @@ class Manifest(BaseModel):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by other users (containers run as uid 1000)
         os.replace(tmp, directory / MANIFEST_FILE)
         return directory / MANIFEST_FILE
 
@@ -231,8 +235,60 @@ class RenderManifest(Manifest):
     """Curation measurements (motion, out-of-frame fraction, ...)."""
 
 
+class SkippedMetric(BaseModel):
+    """Why a metric has no value: its weights are missing. Never a zero in its place."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: str
+    """Human-readable cause, e.g. `weights not found`."""
+    wanted: str
+    """The file or folder the metric needed."""
+
+
+class ViewPair(BaseModel):
+    """One predicted view and the ground-truth view it was scored against (paired by camera)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prediction_view: int
+    ground_truth_view: int
+    azimuth_deg: float
+    """The prediction camera's azimuth (the ground truth's agrees within the configured tolerance)."""
+    elevation_deg: float
+
+
+class EvalManifest(Manifest):
+    """Written by stages.eval; read by `python -m stages.eval.aggregate` (and people, through report.html)."""
+
+    schema_id: Literal["fourd.eval/v1"] = "fourd.eval/v1"
+    stage: Literal["eval"] = "eval"
+    prediction_stage: str
+    """The stage whose views were scored (`mvgen`; `distill` once it lands)."""
+    metrics: dict[str, float]
+    """Same content as metrics.json: `{metric: value}` for every metric that was computed."""
+    skipped: dict[str, SkippedMetric] = {}
+    """Metrics that could not be computed, with the reason and the file they wanted."""
+    view_pairs: list[ViewPair]
+    """Prediction view ↔ ground-truth view, in prediction view order."""
+    source_indices: list[int]
+    """Input-video frame of each scored frame, in time order (prediction and GT frames are paired on it)."""
+    protocol: dict[str, str | int | float]
+    """What the numbers depend on: resolutions, clip length, networks, library versions."""
+    psnr_capped_frames: int = 0
+    """Frames whose PSNR hit the cap because prediction and ground truth were identical (MSE 0)."""
+    metrics_file: str = "metrics.json"
+    per_frame_file: str = "per_frame.csv"
+    report_file: str = "report.html"
+    grid_file: str = "grid.png"
+    features_file: str | None = None
+    """`i3d_features.safetensors` (`prediction`, `ground_truth`: V × 400 float64) when FVD was computed; the
+    aggregate pools them over subjects."""
+
+
 MANIFEST_CLASSES: dict[str, type[Manifest]] = {
-    cls.model_fields["schema_id"].default: cls for cls in (PreprocessManifest, MvgenManifest, RenderManifest)
+    cls.model_fields["schema_id"].default: cls
+    for cls in (PreprocessManifest, MvgenManifest, RenderManifest, EvalManifest)
 }
 
 
