@@ -23,6 +23,9 @@ class MvgenConfig(StageConfig):
     """Text of the unconditional branch (official demo's negative prompt)."""
     fallback_prompt: str = ""
     """Prompt used when the preprocess artifact carries none."""
+    window_frames: int = Field(8, ge=2)
+    """Frames per 4DM pass (the paper's 8). Longer inputs take several passes that all include frame 0, its
+    result held fixed after the first pass (paper §3.3, Fig. 5; not in the official release)."""
     elevation_deg: float = 0.0
     """Elevation of the 4 generated views, degrees (the official demo hard-codes 0)."""
     camera_radius: float = Field(1.1, gt=0.0)

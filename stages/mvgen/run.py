@@ -55,10 +55,10 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
             f"frames are {frames.shape[1]} px but this 4DM works at {expected} px: rerun preprocess "
             f"with size_px={expected}"
         )
-    if source.num_frames > pipe.unet.config.motion_max_len:
+    if config.window_frames > pipe.unet.config.motion_max_len:
         raise StageError(
-            f"{source.num_frames} frames exceed the motion modules' {pipe.unet.config.motion_max_len} "
-            "positions; preprocess fewer frames (the paper uses 8)"
+            f"window_frames={config.window_frames} exceeds the motion modules' {pipe.unet.config.motion_max_len} "
+            "positions (the paper uses 8)"
         )
     prompt = source.prompt or config.fallback_prompt
 
@@ -81,6 +81,7 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
             elevation_deg=config.elevation_deg,
             num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale,
+            window_frames=config.window_frames,
             generator=make_generator(config.seed, device),
             progress=lambda it: progress(it, desc="4DM sampling"),
         )
