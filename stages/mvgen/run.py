@@ -45,6 +45,9 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
     device = resolve_device(config.device)
     seed_everything(config.seed)
     pipe = load_fourdm(weights_dir, torch_dtype=_DTYPES[config.dtype]).to(device)
+    if config.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
 
     # 1. Inputs: the kept frames composited on white (spec §1.2), at the model's resolution.
     frames = np.stack([composite_on_white(read_rgba(p)) for p in source.frame_paths(input_dir)])  # (F, H, W, 3)

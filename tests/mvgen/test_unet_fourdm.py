@@ -177,3 +177,15 @@ def test_batch_must_fold_into_frames_and_views():
     x["num_frames"] = 4
     with pytest.raises(ValueError, match="multiple"):
         unet(**x)
+
+
+def test_channels_last_gives_the_same_prediction():
+    unet = tiny_unet()
+    randomize_zero_layers(unet)
+    x = inputs(unet)
+    with torch.no_grad():
+        reference = unet(**x)
+        unet.to(memory_format=torch.channels_last)
+        x["sample"] = x["sample"].contiguous(memory_format=torch.channels_last)
+        fast = unet(**x)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)

@@ -10,6 +10,7 @@ attention.py (MIT, ImageDream/MVDream lineage).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -146,6 +147,9 @@ class SpatialTransformer3D(nn.Module):
         for block in self.transformer_blocks:
             x = block(x, context, num_views)
         x = self.proj_out(x)
-        # Back to a contiguous (B·V, C, H, W): a channels-last result would make the next convolution pick
-        # another kernel, and the UNet with identity motion modules would then differ from ImageDream's in float.
-        return x.reshape(bv, h, w, c).permute(0, 3, 1, 2).contiguous() + residual
+        # Back in the input's memory layout: a layout change would make the next convolution pick another kernel
+        # (and the UNet with identity motion modules would then differ from ImageDream's in float).
+        layout = torch.channels_last if residual.is_contiguous(memory_format=torch.channels_last) else None
+        out = x.reshape(bv, h, w, c).permute(0, 3, 1, 2)
+        out = out.contiguous(memory_format=layout) if layout is not None else out.contiguous()
+        return out + residual
