@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--floor-repeats", type=int, default=10)
+    parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels-last layout")
     parser.add_argument("--json", type=Path, default=Path("out/mvgen_sampling.json"))
     args = parser.parse_args()
     dtype, device = DTYPES[args.dtype], torch.device("cuda")
@@ -95,11 +96,16 @@ def main() -> None:
     text.resize_token_embeddings(len(tokenizer))
     pipe = FourDMPipeline(unet, sd_vae(), official_scheduler(), text, tokenizer, vision, CLIPImageProcessor())
     pipe.to(device, dtype)
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
     images = (np.random.default_rng(0).random((args.frames, 256, 256, 3)) * 255).astype(np.uint8)
 
     # 2. Floor: the bare UNet forward at the sampling batch (2 branches × F × 5 slots), same inputs every call.
     rows = 2 * args.frames * 5
     x = torch.randn(rows, 4, 32, 32, device=device, dtype=dtype)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     ctx = torch.randn(rows, 77, 1024, device=device, dtype=dtype)
     cam = torch.randn(rows, 16, device=device, dtype=dtype)
     ip = torch.randn(rows, 257, 1280, device=device, dtype=dtype)
@@ -132,6 +138,7 @@ def main() -> None:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "dtype": args.dtype,
+        "channels_last": args.channels_last,
         "steps": args.steps,
         "frames": args.frames,
         "unet_batch": rows,
