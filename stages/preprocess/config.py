@@ -46,6 +46,11 @@ class PreprocessConfig(StageConfig):
     """First source frame for `frame_selection: stride`."""
     size_px: int = Field(256, ge=8)
     """Side of the square output frames, pixels (the paper works at 256)."""
+    framing: Literal["recenter", "keep"] = "recenter"
+    """`recenter`: one square box around the object over the whole clip, with `margin_frac` (any video).
+    `keep`: the frame's own framing, padded to a square around the image centre (inputs rendered with the eval
+    cameras, e.g. by the render stage, so reconstructions and ground truth share one scale, as the official
+    evaluation feeds its rendered inputs unchanged)."""
     margin_frac: float = Field(0.1, ge=0.0, lt=0.5)
     """Empty margin on each side of the object, fraction of the output side: the clip's union box fills
     `1 - 2·margin_frac` of the frame along its longer side."""

@@ -112,7 +112,11 @@ def run(
         log.info("alpha from %s", alpha_source)
 
         # 3. One square crop box for the whole clip, then resize every frame into it.
-        crop = square_crop_box(union_box(alphas, config.mask_threshold), config.margin_frac)
+        box = union_box(alphas, config.mask_threshold)  # also the empty-foreground check
+        if config.framing == "recenter":
+            crop = square_crop_box(box, config.margin_frac)
+        else:
+            crop = square_crop_box((0, 0, info.width, info.height), 0.0)
         outputs = []
         for frame, alpha in zip(frames, alphas, strict=True):
             rgba = np.dstack([frame[..., :3], np.round(alpha * 255.0).astype(np.uint8)])

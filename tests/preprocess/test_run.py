@@ -266,3 +266,15 @@ def test_module_cli_on_the_bundled_example(tmp_path):
         alpha = read_rgba(path)[..., 3]
         assert 0.05 < (alpha > 127).mean() < 0.5  # a fox, not nothing and not the whole frame
         assert alpha[:, :12].max() == 0 and alpha[:, -12:].max() == 0  # centred with its margin
+
+
+def test_keep_framing_pads_to_a_square_around_the_image_centre(tmp_path):
+    frames, alphas = disc_frames(8, 64, 48, radius=6, rgba=True)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{i}.png")
+    m = run(TINY.model_copy(update={"framing": "keep", "size_px": 64}), input_path=folder, output_dir=tmp_path / "o")
+    assert m.crop_box == (0, -8, 64, 56)  # 64×48 frame padded to 64×64, centred
+    for i, path in enumerate(m.frame_paths(tmp_path / "o")):
+        np.testing.assert_array_equal(read_rgba(path)[8:56, :, 3], (alphas[i] * 255).astype(np.uint8))
