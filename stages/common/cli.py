@@ -70,8 +70,16 @@ def _path_params(run_fn: Callable[..., Any]) -> list[tuple[str, type, bool]]:
     return out
 
 
-def cli_main(run_fn: Callable[..., Any], config_cls: type[StageConfig], argv: Sequence[str] | None = None) -> int:
-    """Parse the command line, load and override the config, call `run_fn`; returns the exit status."""
+def cli_main(
+    run_fn: Callable[..., Any],
+    config_cls: type[StageConfig],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+) -> int:
+    """Parse the command line, load and override the config, call `run_fn`; returns the exit status.
+
+    `prog` names the command in --help (default `python -m stages.<stage>`).
+    """
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     params = _path_params(run_fn)
@@ -94,7 +102,7 @@ def cli_main(run_fn: Callable[..., Any], config_cls: type[StageConfig], argv: Se
         need = "required" if required else "optional"
         lines.append(f"  {_flag(name)} {metavar}   ({need}) {docs.get(name, '')}".rstrip())
     description = "\n".join(lines)
-    prog = f"python -m stages.{stage}"
+    prog = prog or f"python -m stages.{stage}"
     if any(a in ("-h", "--help") for a in rest):
         tyro.cli(config_cls, args=["--help"], prog=prog, description=description)
         return 0  # pragma: no cover - tyro exits

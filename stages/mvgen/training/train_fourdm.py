@@ -1,0 +1,235 @@
+"""Train 4DM (spec §2.6–2.7, eq. 7): ε-prediction MSE on 4 orthogonal views × F frames, conditioned on a
+monocular video, its cameras and a caption, with condition dropout for classifier-free guidance.
+
+    python -m stages.mvgen.training --config configs/train_fourdm.yaml --data data/render \
+        --weights weights/fourdm --output runs/fourdm-train
+
+Paper mode trains only the motion modules (ImageDream frozen); scratch mode trains the whole UNet. The VAE and
+the CLIP encoders are always frozen. Runs resume from their last atomic checkpoint; every step draws its clips,
+noise, timesteps and dropout from a generator derived from (seed, step, rank), so a resumed run is identical to
+an uninterrupted one. Data parallel over any number of GPUs with `torchrun --nproc_per_node N`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from stages.common.devices import resolve_device
+from stages.common.errors import StageError
+from stages.common.logs import progress
+from stages.common.tracking import stage_run
+from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
+from stages.mvgen.training.config import TrainConfig
+from stages.mvgen.training.dataset import TrainSample, find_clip_sources, sample_clip
+
+__all__ = ["run", "training_loss", "dropout_mask", "step_generator"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint"
+VIEWS, SLOTS = 4, 5  # generated views; + the reference slot
+
+
+def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
+    """The generator of one micro-batch: a pure function of (seed, step, rank, micro)."""
+    return torch.Generator().manual_seed(hash((seed, step, rank, micro)) % (2**63))
+
+
+def dropout_mask(batch: int, p: float, generator: torch.Generator) -> Tensor:
+    """(batch,) bool: True where the clip trains unconditionally (reference video and cameras zeroed)."""
+    return torch.rand(batch, generator=generator) < p
+
+
+def training_loss(
+    pipe: FourDMPipeline,
+    samples: list[TrainSample],
+    generator: torch.Generator,
+    condition_dropout: float,
+    autocast_dtype: torch.dtype | None = None,
+    denoiser: torch.nn.Module | None = None,
+) -> Tensor:
+    """Eq. 7 on a micro-batch: MSE between the true and predicted noise of the 4 generated views.
+
+    `denoiser` is the UNet to call (a DistributedDataParallel wrapper of `pipe.unet` when training on several GPUs).
+    """
+    denoiser = denoiser or pipe.unet
+    device = pipe.device
+    batch, frames = len(samples), samples[0].views.shape[1]
+    # 1. Frozen encoders: latents of the views and of the conditioning frames, CLIP tokens, text.
+    views = np.concatenate([s.views.reshape(-1, *s.views.shape[2:]) for s in samples])  # (B·4·F, H, W, 3)
+    cond = np.concatenate([s.condition for s in samples])  # (B·F, H, W, 3)
+    x0 = pipe.encode_latents(views, generator).float()  # (B·4·F, C, h, w)
+    x0 = x0.reshape(batch, VIEWS, frames, *x0.shape[1:]).transpose(1, 2)  # (B, F, 4, C, h, w)
+    ref = pipe.encode_latents(cond, generator).float().reshape(batch, frames, *x0.shape[3:])  # (B, F, C, h, w)
+    tokens = pipe.encode_images(cond).float().reshape(batch, frames, -1, pipe.unet.config.ip_embedding_dim)
+    text = pipe.encode_text([s.caption for s in samples]).float()  # (B, 77, D)
+    cameras = torch.stack([torch.from_numpy(s.cameras) for s in samples]).to(device)  # (B, 5, 16)
+    # 2. Condition dropout (eq. 7): reference video (pixel latents and CLIP tokens) and cameras zeroed.
+    keep = (~dropout_mask(batch, condition_dropout, generator)).to(device).float()
+    ref, tokens = ref * keep[:, None, None, None, None], tokens * keep[:, None, None, None]
+    cameras = cameras * keep[:, None, None]
+    # 3. Noise one timestep per clip; the reference slot is overwritten with the clean reference latent.
+    noise = torch.randn((batch, frames, SLOTS, *x0.shape[3:]), generator=generator).to(device)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
+    x0_slots = torch.cat([x0, ref[:, :, None]], dim=2)  # (B, F, 5, C, h, w)
+    t_rows = t.repeat_interleave(frames * SLOTS)
+    noisy = pipe.scheduler.add_noise(x0_slots.reshape(-1, *x0.shape[3:]), noise.reshape(-1, *x0.shape[3:]), t_rows)
+    rows = batch * frames * SLOTS
+    per_row = lambda x: x.repeat_interleave(frames * SLOTS, dim=0)  # noqa: E731  (B, ...) → (B·F·5, ...)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        eps = denoiser(
+            noisy,
+            t_rows,
+            per_row(text),
+            cameras.repeat_interleave(frames, dim=0).reshape(rows, -1),
+            tokens.repeat_interleave(SLOTS, dim=1).reshape(rows, *tokens.shape[2:]),
+            ref.reshape(batch * frames, *ref.shape[2:]),
+            frames,
+            SLOTS,
+        )
+    eps = eps.float().reshape(batch, frames, SLOTS, *x0.shape[3:])
+    return F.mse_loss(eps[:, :, :VIEWS], noise[:, :, :VIEWS])
+
+
+def _trainable(pipe: FourDMPipeline, mode: str) -> dict[str, torch.nn.Parameter]:
+    unet = pipe.unet
+    unet.requires_grad_(True)
+    if mode == "paper":
+        unet.freeze_spatial_layers()
+    return {name: p for name, p in unet.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(output_dir: Path, step: int, params: dict, optimizer, ema: dict | None) -> None:
+    """Write the checkpoint into a temp folder, then swap it in: a kill at any moment leaves a whole one."""
+    tmp = output_dir / f".{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp / "trainable.safetensors"))
+    if ema is not None:
+        save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    final, old = output_dir / CHECKPOINT, output_dir / f".{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(output_dir: Path, params: dict, optimizer, ema: dict | None) -> int:
+    ckpt = output_dir / CHECKPOINT
+    if not (ckpt / "state.json").is_file():
+        return 0
+    state = load_file(str(ckpt / "trainable.safetensors"))
+    if set(state) != set(params):
+        raise StageError(f"{ckpt} holds other trainable weights than this run (mode or model changed)")
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(state[k])
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    if ema is not None and (ckpt / "ema.safetensors").is_file():
+        for k, v in load_file(str(ckpt / "ema.safetensors")).items():
+            ema[k].copy_(v)
+    step = int(json.loads((ckpt / "state.json").read_text())["step"])
+    log.info("resumed from %s at step %d", ckpt, step)
+    return step
+
+
+def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: Path) -> Path:
+    """Train and export a FourDM weights folder to `<output>/weights`; resumes from `<output>/checkpoint`.
+
+    Args:
+        data_dir: a render artifact with `train/`, or a folder of them (render batch output).
+        weights_dir: FourDM weights to start from (converted official weights, or a small model's).
+        output_dir: run folder: checkpoint/, weights/ (the result), and nothing else.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = (
+            torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+    else:
+        device = resolve_device(config.device)
+    if config.batch_size % (config.micro_batch_size * world):
+        raise StageError(
+            f"batch_size {config.batch_size} is not a multiple of micro_batch_size × GPUs "
+            f"({config.micro_batch_size} × {world})"
+        )
+    accumulation = config.batch_size // (config.micro_batch_size * world)
+    sources = find_clip_sources(data_dir)
+    pipe = load_fourdm(weights_dir).to(device)
+    params = _trainable(pipe, config.mode)
+    model = pipe.unet
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            pipe.unet, device_ids=[device] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate, weight_decay=config.weight_decay)
+    ema = {k: p.detach().clone() for k, p in params.items()} if config.ema_decay > 0 else None
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = _load_checkpoint(output_dir, params, optimizer, ema)
+    autocast = torch.bfloat16 if config.mixed_precision == "bf16" else None
+    log.info(
+        "training %s: %d trainable tensors (%d parameters), %d sources, steps %d→%d, %d GPU(s), accumulation %d",
+        config.mode,
+        len(params),
+        sum(p.numel() for p in params.values()),
+        len(sources),
+        start,
+        config.num_steps,
+        world,
+        accumulation,
+    )
+
+    with stage_run("mvgen-train", config, subject=Path(data_dir).name) as tracker:
+        pipe.unet.train()
+        for step in progress(range(start, config.num_steps), desc="4DM training"):
+            total = 0.0
+            for micro in range(accumulation):
+                gen = step_generator(config.seed, step, rank, micro)
+                samples = [
+                    sample_clip(sources, config.num_frames, config.frame_stride, config.size_px, gen)
+                    for _ in range(config.micro_batch_size)
+                ]
+                loss = training_loss(pipe, samples, gen, config.condition_dropout, autocast, model) / accumulation
+                loss.backward()
+                total += float(loss.detach())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                with torch.no_grad():
+                    for k, p in params.items():
+                        ema[k].lerp_(p.detach(), 1.0 - config.ema_decay)
+            done = step + 1
+            if rank == 0 and (done % config.log_every == 0 or done == config.num_steps):
+                tracker.log_metrics({"train/loss": total}, step=done)
+            if rank == 0 and (done % config.checkpoint_every == 0 or done == config.num_steps):
+                _save_checkpoint(output_dir, done, params, optimizer, ema)
+        if rank == 0:
+            if ema is not None:
+                with torch.no_grad():
+                    for k, p in params.items():
+                        p.copy_(ema[k])
+            export = output_dir / "weights"
+            shutil.rmtree(export, ignore_errors=True)
+            pipe.unet.eval()
+            pipe.save_pretrained(export)
+            log.info("exported %s", export)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return output_dir / "weights"

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.common.artifacts import RenderManifest, ViewSet
+from stages.common.cameras import OrbitCamera, fourdm_camera_vectors, save_cameras
+from stages.common.config import load_config
+from stages.common.image_io import write_rgba
+from stages.mvgen.pipeline_fourdm import load_fourdm
+from stages.mvgen.training import TrainConfig, run
+from stages.mvgen.training.dataset import find_clip_sources, sample_clip
+from stages.mvgen.training.train_fourdm import dropout_mask, step_generator, training_loss
+from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+RING, FRAMES = 8, 10
+
+
+def make_training_render(root: Path, subject: str = "obj") -> Path:
+    """A render artifact whose train/ ring encodes (view, frame) in each image's colour."""
+    art = root / subject
+    files = []
+    for v in range(RING):
+        for f in range(FRAMES):
+            rgba = np.zeros((IMAGE_PX, IMAGE_PX, 4), np.uint8)
+            rgba[4:12, 4:12] = (20 * v, 20 * f, 100, 255)
+            rel = f"train/v{v:02d}/rgba_{f:05d}.png"
+            write_rgba(art / rel, rgba)
+            files.append(rel)
+    cams = [OrbitCamera.from_angles(v, -180.0 + 360.0 * v / RING, 0.0, 1.1, 45.0) for v in range(RING)]
+    save_cameras(art / "train" / "cameras.json", cams)
+    (art / "train" / "caption.txt").write_text("a square")
+    files += ["train/cameras.json", "train/caption.txt"]
+    gt = ViewSet(
+        num_views=RING,
+        num_frames=FRAMES,
+        size_px=IMAGE_PX,
+        frame_template="train/v{view:02d}/rgba_{frame:05d}.png",
+        cameras_file="train/cameras.json",
+        source_indices=list(range(FRAMES)),
+    )
+    RenderManifest(
+        subject=subject,
+        files=files,
+        config_sha256="0",
+        code_version="test",
+        input_dir="train/v00",
+        input_camera=cams[0].model_dump(),
+        gt=gt,
+        fps=8.0,
+        prompt="a square",
+        train_dir="train",
+    ).write(art)
+    return art
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    tiny_pipeline(root).save_pretrained(root / "weights")
+    make_training_render(root / "data")
+    return {"weights": root / "weights", "data": root / "data"}
+
+
+def decode(sample) -> tuple[list[int], list[int]]:
+    """(view, frame) read back from the colour of every image of a sample."""
+    views = [int(round(sample.views[k, 0, 8, 8, 0] / 20)) for k in range(4)]
+    frames = [int(round(sample.views[0, i, 8, 8, 1] / 20)) for i in range(sample.views.shape[1])]
+    return views, frames
+
+
+def test_samples_have_orthogonal_views_strided_frames_and_relative_cameras(setup):
+    sources = find_clip_sources(setup["data"])
+    assert len(sources) == 1 and sources[0].num_views == RING and sources[0].caption == "a square"
+    for seed in range(6):
+        s = sample_clip(sources, 4, 3, IMAGE_PX, torch.Generator().manual_seed(seed))
+        views, frames = decode(s)
+        assert views == s.view_ids and frames == s.frame_ids
+        assert [(v - views[0]) % RING for v in views] == [0, 2, 4, 6]  # 90° apart
+        assert np.diff(frames).tolist() == [3, 3, 3] and frames[-1] < FRAMES
+        mono = int(round(s.condition[0, 8, 8, 0] / 20))
+        rel = [((v - mono) * 360.0 / RING) % 360.0 for v in views]
+        np.testing.assert_allclose(s.cameras, fourdm_camera_vectors(rel, 0.0), atol=1e-6)
+        assert s.views.shape == (4, 4, IMAGE_PX, IMAGE_PX, 3) and s.condition.shape == (4, IMAGE_PX, IMAGE_PX, 3)
+
+
+def test_too_short_clips_and_missing_data_are_clear_errors(setup, tmp_path):
+    from stages.common.errors import StageError
+
+    with pytest.raises(StageError, match="need"):
+        sample_clip(find_clip_sources(setup["data"]), 8, 4, IMAGE_PX, torch.Generator().manual_seed(0))
+    with pytest.raises(StageError, match="no render artifact with training clips"):
+        find_clip_sources(tmp_path)
+
+
+def test_condition_dropout_rate_is_honoured():
+    drops = torch.cat([dropout_mask(100, 0.1, step_generator(0, s)) for s in range(200)])
+    assert abs(drops.float().mean().item() - 0.1) < 0.01
+    assert not dropout_mask(1000, 0.0, torch.Generator()).any() and dropout_mask(1000, 1.0, torch.Generator()).all()
+
+
+def tiny_config(**update) -> TrainConfig:
+    base = load_config(TrainConfig, REPO / "configs/tiny/train_fourdm.yaml")
+    return base.model_copy(update=update)
+
+
+def test_paper_mode_changes_only_motion_modules(setup, tmp_path):
+    before = load_fourdm(setup["weights"]).unet.state_dict()
+    run(
+        tiny_config(mode="paper", num_steps=2),
+        data_dir=setup["data"],
+        weights_dir=setup["weights"],
+        output_dir=tmp_path / "run",
+    )
+    after = load_fourdm(tmp_path / "run" / "weights").unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".temporal_transformer." in f".{k}" for k in changed)
+    for name in ("vae", "text_encoder", "image_encoder"):
+        a = getattr(load_fourdm(setup["weights"]), name).state_dict()
+        b = getattr(load_fourdm(tmp_path / "run" / "weights"), name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_loss_decreases_when_overfitting_one_batch(setup):
+    pipe = load_fourdm(setup["weights"])
+    params = [p for p in pipe.unet.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=2e-3)
+    sources = find_clip_sources(setup["data"])
+    sample = sample_clip(sources, 3, 2, IMAGE_PX, torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(30):
+        loss = training_loss(pipe, [sample], torch.Generator().manual_seed(1), 0.0)  # same noise and t each step
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(setup, tmp_path):
+    cfg = tiny_config(num_steps=4, checkpoint_every=2, ema_decay=0.5)
+    run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "straight")
+    run(
+        cfg.model_copy(update={"num_steps": 2}),
+        data_dir=setup["data"],
+        weights_dir=setup["weights"],
+        output_dir=tmp_path / "resumed",
+    )  # "killed" after step 2 (its checkpoint is what survives)
+    run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "resumed")
+    a = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoint" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ua, ub = (load_fourdm(tmp_path / d / "weights").unet.state_dict() for d in ("straight", "resumed"))
+    assert all(torch.equal(ua[k], ub[k]) for k in ua)
