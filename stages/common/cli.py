@@ -93,7 +93,7 @@ def cli_main(
     known, rest = pre.parse_known_args(argv)
 
     lines = [
-        f"Run the {stage} stage. {(inspect.getdoc(run_fn) or '').splitlines()[0]}",
+        (f"Run the {stage} stage. " if prog is None else "") + (inspect.getdoc(run_fn) or "").splitlines()[0],
         "",
         f"  --config PATH   YAML config ({config_cls.__name__}); flags below override its values",
     ]
