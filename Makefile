@@ -14,7 +14,8 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render-env demo report test test-main test-render test-gpu smoke style quality consistency mlflow-ui clean
+.PHONY: help setup render-env demo report test test-main test-render test-gpu smoke style quality consistency mlflow-ui clean \
+	flow prefect-server prefect-stop prefect-setup prefect-worker docker-images test-docker
 
 ## Show this help
 help:
@@ -88,6 +89,49 @@ quality: setup
 ## Check stages ↔ configs ↔ READMEs ↔ dvc.yaml ↔ STAGE_ORDER
 consistency: setup
 	$(BIN)/python -m pytest -q tests/test_repo_consistency.py
+
+# Prefect (flows/fourd.py, prefect.yaml): the server's SQLite database and settings live in .prefect/.
+PREFECT_PORT ?= 4200
+PREFECT_ENV := PREFECT_HOME=$(abspath .prefect) PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
+FLOW_ARGS ?= --subject fox
+
+## Run the Prefect flow once (FLOW_ARGS='--video clip.mp4 --prompt "…"' or '--subject fox --config-set tiny')
+flow: setup
+	$(BIN)/python -m flows.fourd $(FLOW_ARGS)
+
+## Start the Prefect server in the background on 127.0.0.1:4200 (PREFECT_PORT; SQLite in .prefect/)
+prefect-server: setup
+	PREFECT_HOME=$(abspath .prefect) $(BIN)/prefect server start --background --host 127.0.0.1 --port $(PREFECT_PORT)
+
+## Stop the background Prefect server
+prefect-stop: setup
+	PREFECT_HOME=$(abspath .prefect) $(BIN)/prefect server stop
+
+## Create the work pools and the `gpu` concurrency limit, then deploy prefect.yaml (needs make prefect-server)
+prefect-setup: setup
+	$(PREFECT_ENV) $(BIN)/prefect work-pool create fourd-process --type process --overwrite
+	$(PREFECT_ENV) $(BIN)/prefect concurrency-limit create gpu 1
+	$(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --name local --name docker
+	@if $(BIN)/python -c "import prefect_kubernetes" 2>/dev/null; then \
+		$(PREFECT_ENV) $(BIN)/prefect work-pool create fourd-k8s-gpu --type kubernetes --overwrite \
+			--base-job-template flows/k8s-gpu-job-template.json && \
+		$(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --name k8s-gpu; \
+	else echo "prefect-setup: no prefect-kubernetes, so no fourd-k8s-gpu pool (prefect.yaml says how)"; fi
+
+## Start a process worker for fourd-process in the foreground (stop with Ctrl-C: it ignores SIGTERM)
+prefect-worker: setup
+	$(PREFECT_ENV) $(BIN)/prefect worker start --pool fourd-process --limit 2
+
+## Build the stage images fourd/<stage>:0.1.0 (DOCKER_STAGES, DOCKER_BUILD_ARGS: docker/wheels/README.md)
+DOCKER_STAGES ?= preprocess eval render mvgen
+DOCKER_BUILD_ARGS ?=
+docker-images:
+	for s in $(DOCKER_STAGES); do \
+		docker build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile.$$s -t fourd/$$s:0.1.0 . || exit 1; done
+
+## Opt-in: build the preprocess image from local wheels and run its stage through the flow (docker/wheels/README.md)
+test-docker: setup
+	RUN_DOCKER_TESTS=1 $(BIN)/python -m pytest -m docker tests/flows -p no:cacheprovider
 
 ## Start the MLflow UI on the local SQLite store (http://127.0.0.1:5000)
 mlflow-ui: setup

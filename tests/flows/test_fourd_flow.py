@@ -1,0 +1,171 @@
+"""The `fourd` flow end to end on the example subject (tiny configs, tiny 4DM weights), under Prefect's harness.
+
+One module-scoped repository copy: the first test builds the chain, the next ones rely on it being built
+(no-op rerun, config change), the last one submits two deployment runs at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("prefect")
+pytest.importorskip("dvc")
+
+from flows.fourd import fourd  # noqa: E402
+from flows.workspace import WORKSPACES_DIR  # noqa: E402
+from stages.common.artifacts import EvalManifest, MvgenManifest, PreprocessManifest  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+CHAIN = ["preprocess@fox", "mvgen@fox", "eval@fox"]
+
+
+def dvc(ws: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def mlflow_runs(store: Path) -> list:
+    import mlflow
+
+    mlflow.set_tracking_uri(store.as_uri())
+    return mlflow.search_runs(experiment_names=["fourd"], output_format="list")
+
+
+def ran(summary: dict) -> list[str]:
+    return [s["instance"] for s in summary["stages"].values() if s["ran"]]
+
+
+def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlflow_store):
+    summary = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
+    ws = tiny_repo / WORKSPACES_DIR / "tiny"
+    assert summary["workspace"] == str(ws) and ran(summary) == CHAIN
+
+    # Every artifact is valid and made with the tiny configs.
+    pre = PreprocessManifest.load(ws / "data/preprocess/fox")
+    assert (pre.subject, pre.size_px, pre.num_frames) == ("fox", 32, 4)
+    mv = MvgenManifest.load(ws / "data/mvgen/fox")
+    assert (mv.views.num_views, mv.views.num_frames, mv.views.size_px) == (4, 4, 32)
+    ev = EvalManifest.load(ws / "data/eval/fox")
+    assert {"psnr", "ssim"} <= set(ev.metrics) and summary["metrics"]["psnr"] == pytest.approx(ev.metrics["psnr"])
+    assert yaml.safe_load((ws / "configs/mvgen.yaml").read_text()) == yaml.safe_load(
+        (tiny_repo / "configs/tiny/mvgen.yaml").read_text()
+    )
+
+    # DVC recorded every stage, nothing is stale, metrics are readable.
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert set(CHAIN) <= set(lock)
+    assert "up to date" in dvc(ws, "status").lower()
+    assert json.loads(dvc(ws, "metrics", "show", "--json"))  # reports/eval/fox.json is a DVC metric
+    assert "psnr" in dvc(ws, "metrics", "show")
+
+    # MLflow: one parent run for the flow, one child per stage with the stage's params/metrics.
+    runs = mlflow_runs(mlflow_store)
+    parent = next(r for r in runs if r.info.run_id == summary["mlflow_run_id"])
+    assert parent.info.run_name == "fourd/fox" and parent.info.status == "FINISHED"
+    assert parent.data.tags["config_set"] == "tiny" and parent.data.tags["subject"] == "fox"
+    assert parent.data.metrics["psnr"] == pytest.approx(ev.metrics["psnr"])
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"preprocess/fox", "mvgen/fox", "eval/fox"}
+    assert children["eval/fox"].data.metrics["psnr"] == pytest.approx(ev.metrics["psnr"])
+    assert children["mvgen/fox"].data.params["num_inference_steps"] == "2"
+    assert children["preprocess/fox"].data.tags["dvc_stage"] == "preprocess@fox"
+
+    # A second run changes nothing: every stage is up to date, no stage run is opened, the lock is unchanged.
+    before = (ws / "dvc.lock").read_text()
+    again = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
+    assert ran(again) == [] and (ws / "dvc.lock").read_text() == before
+    runs = mlflow_runs(mlflow_store)
+    assert not [r for r in runs if r.data.tags.get("mlflow.parentRunId") == again["mlflow_run_id"]]
+    # The repository itself was not touched: the tiny set ran in its own workspace.
+    assert not (tiny_repo / "dvc.lock").exists() and not (tiny_repo / "data/preprocess/fox").exists()
+
+
+def test_config_change_reruns_only_the_affected_stages(tiny_repo):
+    ws = tiny_repo / WORKSPACES_DIR / "tiny"
+    if not (ws / "dvc.lock").is_file():
+        pytest.skip("needs the chain built by the previous test")
+    cfg_path = tiny_repo / "configs/tiny/eval.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["image_size_px"] = 24
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    summary = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
+    assert ran(summary) == ["eval@fox"]
+    assert yaml.safe_load((ws / "data/eval/fox/config.yaml").read_text())["image_size_px"] == 24
+    assert "image_size_px" in dvc(ws, "params", "diff", "HEAD~1")  # the workspace commits each sync
+    assert "up to date" in dvc(ws, "status").lower()
+
+
+def test_two_deployment_runs_submitted_at_once_both_finish(tiny_repo, tmp_path):
+    """Two videos registered and processed by one served deployment at the same time (DVC access serialised)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    videos = []
+    for name in ("alpha", "beta"):
+        d = tmp_path / name
+        d.mkdir()
+        videos.append(d / f"{name}.mp4")
+        videos[-1].write_bytes((tiny_repo / "examples/fox/video.mp4").read_bytes())
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.fourd", "--serve"], cwd=tiny_repo, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        runs = None
+        while runs is None:
+            try:
+                runs = [
+                    run_deployment(
+                        "fourd/serve",
+                        parameters={
+                            "video": str(v),
+                            "prompt": f"a {v.stem} fox",
+                            "config_set": "tiny",
+                            "stages": ["preprocess"],
+                            "repo": str(tiny_repo),
+                        },
+                        timeout=0,
+                    )
+                    for v in videos
+                ]
+            except Exception:  # the deployment is registered once the serve process is up
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        states = {}
+        with get_client(sync_client=True) as client:
+            while len(states) < 2 and time.monotonic() < deadline + 120:
+                for r in runs:
+                    state = client.read_flow_run(r.id).state
+                    if state.is_final():
+                        states[r.id] = state
+                time.sleep(1)
+        assert len(states) == 2 and all(s.is_completed() for s in states.values()), states
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    ws = tiny_repo / WORKSPACES_DIR / "tiny"
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    for name in ("alpha", "beta"):
+        assert params["subjects"][name]["input"] == f"data/raw/{name}/video.mp4"
+        assert (tiny_repo / f"data/raw/{name}.dvc").is_file()
+        assert (tiny_repo / f"data/raw/{name}/prompt.txt").read_text().strip() == f"a {name} fox"
+        m = PreprocessManifest.load(ws / f"data/preprocess/{name}")
+        assert m.subject == name and m.prompt == f"a {name} fox"
+        assert f"preprocess@{name}" in lock
+    assert "# DVC vars" in (tiny_repo / "params.yaml").read_text()  # comments survive registration
