@@ -123,7 +123,7 @@ prefect-worker: setup
 	$(PREFECT_ENV) $(BIN)/prefect worker start --pool fourd-process --limit 2
 
 ## Build the stage images fourd/<stage>:0.1.0 (DOCKER_STAGES, DOCKER_BUILD_ARGS: docker/wheels/README.md)
-DOCKER_STAGES ?= preprocess eval render mvgen
+DOCKER_STAGES ?= preprocess eval render mvgen distill
 DOCKER_BUILD_ARGS ?=
 docker-images:
 	for s in $(DOCKER_STAGES); do \

@@ -4,9 +4,9 @@
 topological order of dvc.yaml, so the flow and `dvc repro` never disagree.
 """
 
-STAGE_ORDER: tuple[str, ...] = ("render", "preprocess", "mvgen", "eval")
-"""Stages with a DVC stage today, in dependency order (render runs only for subjects made from 3D assets);
-distill joins between mvgen and eval when it lands."""
+STAGE_ORDER: tuple[str, ...] = ("render", "preprocess", "mvgen", "distill", "eval")
+"""Stages in dependency order (render runs only for subjects made from 3D assets, eval only for subjects with
+a rendered ground truth)."""
 
 GPU_STAGES: frozenset[str] = frozenset({"mvgen", "distill"})
 """Stages whose Prefect tasks carry the `gpu` tag (a concurrency limit of 1 per GPU: `make prefect-setup`)."""

@@ -51,6 +51,27 @@ def run_mvgen(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], St
     )
 
 
+def run_distill(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], StageConfig]:
+    from stages.common.artifacts import DistillManifest
+    from stages.distill import DistillConfig, run
+    from tests.distill.tiny import make_upstream
+
+    root = tmp / "distill_upstream"
+    if not root.exists():
+        root.mkdir()
+        make_upstream(root)
+    config = load_config(DistillConfig, REPO / "configs/tiny/distill.yaml")
+    manifest = run(
+        config,
+        input_dir=root / "mvgen",
+        preprocess_dir=root / "pre",
+        weights_dir=root / "weights",
+        lpips_dir=root / "lpips",
+        output_dir=output_dir,
+    )
+    return manifest, DistillManifest, config
+
+
 def run_eval(tmp: Path, output_dir: Path) -> tuple[Manifest, type[Manifest], StageConfig]:
     from stages.eval import EvalConfig, EvalManifest, run
     from tests.eval.builders import make_mvgen, make_render, object_frames
@@ -88,6 +109,7 @@ TINY_RUNS: dict[str, TinyRun] = {
     "preprocess": run_preprocess,
     "render": run_render,
     "mvgen": run_mvgen,
+    "distill": run_distill,
     "eval": run_eval,
 }
 

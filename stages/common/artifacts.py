@@ -30,6 +30,7 @@ __all__ = [
     "ViewSet",
     "PreprocessManifest",
     "MvgenManifest",
+    "DistillManifest",
     "RenderManifest",
     "EvalManifest",
     "SkippedMetric",
@@ -215,6 +216,35 @@ class MvgenManifest(Manifest):
     """Playback rate, copied from the preprocess manifest."""
 
 
+class DistillManifest(Manifest):
+    """Written by stages.distill (the dynamic NeRF and its renders); read by stages.eval."""
+
+    schema_id: Literal["fourd.distill/v1"] = "fourd.distill/v1"
+    stage: Literal["distill"] = "distill"
+    renders: ViewSet
+    """Renders of the field at the 4 orthogonal eval cameras (azimuths 0/90/180/270) × every timestamp."""
+    input_view_template: str = "renders/input_view/rgba_{frame:05d}.png"
+    """Render at the input camera (azimuth 0, elevation 0) of frame `frame`."""
+    field_file: str = "field.safetensors"
+    """`DynamicNeRFField` state dict (hash grids in tiny-cuda-nn's parameter layout, both backends load it)."""
+    field_config_file: str = "field_config.json"
+    """The field's constructor keyword arguments (`_class_name` plus the hash grid and MLP settings)."""
+    occupancy_file: str = "occupancy.safetensors"
+    """The occupancy grid shared over time (`occupancy`, `binary`, resolution³ cells, x-major)."""
+    preview_file: str = "preview.mp4"
+    """Orbit-over-time preview on white (for people; no stage reads it)."""
+    hash_backend: Literal["torch", "tcnn"]
+    """Hash grid implementation that trained the field."""
+    num_steps: int
+    """Optimisation steps run."""
+    prompt: str | None
+    fps: float
+    """Playback rate of the timestamps, copied from upstream."""
+    metrics: dict[str, float] = {}
+    """Final training terms and PSNRs (`psnr/anchor`: anchor view vs the mvgen anchor video; `psnr/input_view`:
+    input camera vs the preprocessed input frames)."""
+
+
 class RenderManifest(Manifest):
     """Written by stages.render from an animated 3D asset; read by stages.preprocess (input/) and stages.eval."""
 
@@ -288,7 +318,7 @@ class EvalManifest(Manifest):
 
 MANIFEST_CLASSES: dict[str, type[Manifest]] = {
     cls.model_fields["schema_id"].default: cls
-    for cls in (PreprocessManifest, MvgenManifest, RenderManifest, EvalManifest)
+    for cls in (PreprocessManifest, MvgenManifest, DistillManifest, RenderManifest, EvalManifest)
 }
 
 

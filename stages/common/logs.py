@@ -15,12 +15,25 @@ __all__ = ["setup_logging", "progress"]
 T = TypeVar("T")
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at emit time, not the object it was when the handler was made, so a
+    replaced stderr that was closed since (test runners' capture, notebooks) never breaks logging."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: str | None = None) -> None:
     """Log `time level logger: message` lines to stderr; the level comes from `FOURD_LOG_LEVEL` (INFO)."""
     level = (level or os.environ.get("FOURD_LOG_LEVEL", "INFO")).upper()
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("urllib3", "PIL", "matplotlib", "alembic", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from stages.common.artifacts import EvalManifest, Manifest, MvgenManifest, SkippedMetric, ViewPair, ViewSet
+from stages.common.artifacts import (
+    DistillManifest,
+    EvalManifest,
+    Manifest,
+    MvgenManifest,
+    SkippedMetric,
+    ViewPair,
+    ViewSet,
+)
 from stages.common.errors import StageError
 
 __all__ = ["EvalManifest", "SkippedMetric", "ViewPair", "prediction_view_set"]
@@ -17,6 +25,8 @@ def prediction_view_set(manifest: Manifest) -> ViewSet:
     match manifest:
         case MvgenManifest():
             return manifest.views
+        case DistillManifest():
+            return manifest.renders
     raise StageError(
         f"a {manifest.stage} artifact ({manifest.schema_id}) holds no predicted views; expected an mvgen artifact"
     )

@@ -43,7 +43,19 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git copy of the repository (as a fresh clone has it) with tiny 4DM weights in weights/fourdm."""
+    """A git copy of the repository (as a fresh clone has it) with tiny 4DM weights in weights/fourdm and random
+    full-width LPIPS-VGG files in weights/eval/lpips (distill's anchor loss and eval's LPIPS share them; eval
+    accepts only VGG16's real shapes)."""
+    import torch
+
+    from stages.distill.lpips import LPIPS_FILES, LPIPSVGG
+
     root = copy_repository(tmp_path_factory.mktemp("flow") / "repo")
     write_tiny_fourdm(root / "weights" / "fourdm", root.parent / "scratch")
+    lpips_dir = root / "weights" / "eval" / "lpips"
+    lpips_dir.mkdir(parents=True)
+    torch.manual_seed(0)
+    vgg = LPIPSVGG()
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, lpips_dir / LPIPS_FILES[0])
+    torch.save({f"lin{i}.model.1.weight": h.weight.abs() for i, h in enumerate(vgg.lin)}, lpips_dir / LPIPS_FILES[1])
     return root

@@ -22,10 +22,10 @@ pytest.importorskip("dvc")
 
 from flows.fourd import fourd  # noqa: E402
 from flows.workspace import WORKSPACES_DIR  # noqa: E402
-from stages.common.artifacts import EvalManifest, MvgenManifest, PreprocessManifest  # noqa: E402
+from stages.common.artifacts import DistillManifest, EvalManifest, MvgenManifest, PreprocessManifest  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-CHAIN = ["preprocess@fox", "mvgen@fox", "eval@fox"]
+CHAIN = ["preprocess@fox", "mvgen@fox", "distill@fox", "eval@fox"]
 
 
 def dvc(ws: Path, *args: str) -> str:
@@ -56,7 +56,10 @@ def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlf
     assert (pre.subject, pre.size_px, pre.num_frames) == ("fox", 32, 4)
     mv = MvgenManifest.load(ws / "data/mvgen/fox")
     assert (mv.views.num_views, mv.views.num_frames, mv.views.size_px) == (4, 4, 32)
+    di = DistillManifest.load(ws / "data/distill/fox")
+    assert (di.renders.num_views, di.renders.num_frames) == (4, 4) and di.num_steps == 2
     ev = EvalManifest.load(ws / "data/eval/fox")
+    assert ev.prediction_stage == "distill"
     assert {"psnr", "ssim"} <= set(ev.metrics) and summary["metrics"]["psnr"] == pytest.approx(ev.metrics["psnr"])
     assert yaml.safe_load((ws / "configs/mvgen.yaml").read_text()) == yaml.safe_load(
         (tiny_repo / "configs/tiny/mvgen.yaml").read_text()
@@ -76,7 +79,7 @@ def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlf
     assert parent.data.tags["config_set"] == "tiny" and parent.data.tags["subject"] == "fox"
     assert parent.data.metrics["psnr"] == pytest.approx(ev.metrics["psnr"])
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"preprocess/fox", "mvgen/fox", "eval/fox"}
+    assert set(children) == {"preprocess/fox", "mvgen/fox", "distill/fox", "eval/fox"}
     assert children["eval/fox"].data.metrics["psnr"] == pytest.approx(ev.metrics["psnr"])
     assert children["mvgen/fox"].data.params["num_inference_steps"] == "2"
     assert children["preprocess/fox"].data.tags["dvc_stage"] == "preprocess@fox"

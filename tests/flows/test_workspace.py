@@ -44,10 +44,10 @@ def test_render_joins_for_asset_subjects_and_eval_only_with_ground_truth(tmp_pat
     params["evaluate"]["dog"] = {"ground_truth": "data/render/dog"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     dog = stage_instances(tmp_path, "dog")
-    assert [i.name for i in dog] == ["render@dog", "preprocess@dog", "mvgen@dog", "eval@dog"]
+    assert [i.name for i in dog] == ["render@dog", "preprocess@dog", "mvgen@dog", "distill@dog", "eval@dog"]
     assert dog[0].cmd.startswith(".venv-render/bin/python -m stages.render") and "--clip Run" in dog[0].cmd
     assert "data/render/dog" in dog[-1].deps
-    assert [i.stage for i in stage_instances(tmp_path, "cat")] == ["preprocess", "mvgen"]
+    assert [i.stage for i in stage_instances(tmp_path, "cat")] == ["preprocess", "mvgen", "distill"]
 
 
 def test_params_and_dvc_yaml_agree():
@@ -89,7 +89,7 @@ def test_register_subject_copies_adds_and_lists_the_video_once(tmp_path):
         register_subject(repo, other, subject="my-clip")
     with pytest.raises(WorkspaceError, match="expected one of"):
         register_subject(repo, tmp_path / "repo/params.yaml")
-    assert [i.stage for i in stage_instances(repo, "my-clip")] == ["preprocess", "mvgen"]
+    assert [i.stage for i in stage_instances(repo, "my-clip")] == ["preprocess", "mvgen", "distill"]
 
 
 def test_workspace_lock_is_exclusive(tmp_path):

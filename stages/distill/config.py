@@ -1,0 +1,179 @@
+"""DistillConfig: the dynamic NeRF, its renderer, cameras, guidance, loss weights and optimiser (spec §4–5)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from stages.common.config import StageConfig, SubConfig
+from stages.distill.guidance import OFFICIAL_SDS_NEGATIVE_PROMPT
+from stages.distill.schedules import LinearSchedule, ResolutionSchedule
+
+__all__ = [
+    "DistillConfig",
+    "FieldConfig",
+    "RendererConfig",
+    "CameraConfig",
+    "GuidanceConfig",
+    "LossWeights",
+    "OptimizerConfig",
+]
+
+
+class FieldConfig(SubConfig):
+    """f(x, t) = HashGrid3D(x) + HashGrid4D(x, t), two bias-free MLPs (spec §4.1, paper Table 3)."""
+
+    backend: Literal["torch", "tcnn"] = "torch"
+    """Hash grid implementation: `torch` (any device) or `tcnn` (tinycudann, CUDA; same parameters and numbers)."""
+    num_levels: int = Field(16, ge=1)
+    """Resolution levels per grid (Table 3: 16)."""
+    features_per_level: int = Field(2, ge=1)
+    """Features per level (Table 3: 2); the field's feature width is num_levels·features_per_level."""
+    log2_hashmap_size: int = Field(19, ge=4, le=24)
+    """log2 of the largest table, entries (Table 3: 19)."""
+    base_resolution: int = Field(16, ge=2)
+    """Coarsest grid resolution (Table 3: 16)."""
+    per_level_scale: float = Field(1.447269237440378, gt=1.0)
+    """Resolution growth per level (Table 3: 16 → 4096 over 16 levels)."""
+    hidden_dim: int = Field(64, ge=1)
+    """Width of the density and colour MLPs (64)."""
+    num_hidden_layers: int = Field(1, ge=1)
+    """Hidden layers per MLP (1)."""
+    blob_density: float = 10.0
+    """Scale of the initial density blob `λ·(1 − ‖x‖/r)` ("blob_magic3d": 10)."""
+    blob_radius: float = Field(0.5, gt=0.0)
+    """Radius r of the initial density blob, world units (0.5)."""
+    bbox_radius: float = Field(1.0, gt=0.0)
+    """Half side of the scene box [-R, R]^3, world units (1)."""
+
+
+class RendererConfig(SubConfig):
+    """Ray marching with an occupancy grid shared over time (spec §4.2)."""
+
+    num_samples_per_ray: int = Field(256, ge=2)
+    """Sets the marching step `2·√3·R / num_samples_per_ray` (256 → 0.01353)."""
+    alpha_threshold: float = Field(0.01, ge=0.0, lt=1.0)
+    """Samples with a smaller alpha are skipped (nerfacc alpha_thre, 0.01)."""
+    early_stop_eps: float = Field(1e-4, ge=0.0, lt=1.0)
+    """A ray stops once its transmittance falls below this (nerfacc default 1e-4)."""
+    occupancy_resolution: int = Field(32, ge=2)
+    """Cells per side of the occupancy grid (32)."""
+    occupancy_update_every_steps: int = Field(16, ge=1)
+    """Steps between occupancy updates (nerfacc default 16)."""
+    occupancy_ema_decay: float = Field(0.95, gt=0.0, le=1.0)
+    """Decay of a cell's stored occupancy per update (0.95)."""
+    occupancy_threshold: float = Field(0.01, gt=0.0)
+    """A cell is occupied above min(this, mean occupancy); occupancy = density × step (0.01)."""
+    occupancy_warmup_steps: int = Field(256, ge=0)
+    """Before this step every cell is re-evaluated at each update (256)."""
+    march_chunk: int = Field(1 << 22, ge=1024)
+    """Candidate samples generated at a time by the no-grad march (memory only, no effect on results)."""
+
+
+class CameraConfig(SubConfig):
+    """SDS, anchor and output cameras (spec §4.3)."""
+
+    num_views: int = Field(4, ge=1)
+    """Views per SDS iteration, 360°/num_views apart (4DM takes 4)."""
+    radius: float = Field(1.1, gt=0.0)
+    """Camera distance from the origin, world units (1.1)."""
+    fov_y_deg: float = Field(45.0, gt=0.0, lt=180.0)
+    """Vertical field of view, degrees (45)."""
+    elevation_min_deg: float = 0.0
+    """Lowest SDS elevation, degrees (0)."""
+    elevation_max_deg: float = 5.0
+    """Highest SDS elevation, degrees (5)."""
+    anchor_view: int = Field(0, ge=0)
+    """mvgen view used as the anchor video (0 = azimuth 0, the input view; spec §5.2)."""
+
+
+class GuidanceConfig(SubConfig):
+    """4D-aware SDS through 4DM (spec §5.1)."""
+
+    guidance_scale: float = Field(5.0, ge=1.0)
+    """Classifier-free guidance weight (5)."""
+    std_rescale: float = Field(0.2, ge=0.0, le=1.0)
+    """Weight r of the x̂0 std rescale (recon_std_rescale 0.2)."""
+    negative_prompt: str = OFFICIAL_SDS_NEGATIVE_PROMPT
+    """Text of the unconditional branch (the official SDS negative prompt)."""
+    fallback_prompt: str = ""
+    """Prompt used when the upstream artifacts carry none."""
+    min_step_percent: LinearSchedule = LinearSchedule(start_step=0, end_step=5000, start_value=0.98, end_value=0.02)
+    """Lower bound of t as a fraction of the 1000 training timesteps (0.98 → 0.02 over steps 0–5000)."""
+    max_step_percent: LinearSchedule = LinearSchedule(start_step=0, end_step=5000, start_value=0.98, end_value=0.25)
+    """Upper bound of t as a fraction of the 1000 training timesteps (0.98 → 0.25 over steps 0–5000)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Precision of 4DM (UNet, VAE, encoders). The official run keeps fp32 weights under fp16 autocast; half
+    precision here is an explicit speed/memory option."""
+
+
+class LossWeights(SubConfig):
+    """Weights of the terms of paper eq. 12 (spec §5.2–5.3), schedules where the official config has them."""
+
+    sds: float = Field(1.0, ge=0.0)
+    """4D-aware SDS (lambda_sds 1)."""
+    anchor_lpips: float = Field(200.0, ge=0.0)
+    """λ1, LPIPS-VGG of the anchor render (200: config 100, added twice)."""
+    anchor_dssim: float = Field(100.0, ge=0.0)
+    """λ2, D-SSIM of the anchor render (100: config 50, added twice)."""
+    orient: LinearSchedule = LinearSchedule(start_step=0, end_step=5000, start_value=10.0, end_value=1000.0)
+    """λ3, orientation of analytic normals (10 → 1000 over steps 0–5000)."""
+    sparsity: LinearSchedule = LinearSchedule(start_value=100.0, end_value=100.0)
+    """λ4, mean √(opacity² + 0.01) of the SDS renders (100)."""
+    opaque: LinearSchedule = LinearSchedule(start_step=10000, end_step=10001, start_value=0.0, end_value=100.0)
+    """λ5, binary entropy of the opacity (0 until step 10000, then 100)."""
+
+
+class OptimizerConfig(SubConfig):
+    """AdamW (spec §5.4)."""
+
+    grid_lr: float = Field(1e-2, gt=0.0)
+    """Learning rate of both hash grids (1e-2)."""
+    mlp_lr: float = Field(1e-3, gt=0.0)
+    """Learning rate of the density and colour MLPs (1e-3)."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas (0.9, 0.99)."""
+    eps: float = Field(1e-15, gt=0.0)
+    """Adam epsilon (1e-15)."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """Decoupled weight decay (torch's AdamW default 0.01, kept by the official config)."""
+
+
+class DistillConfig(StageConfig):
+    """Optimise a dynamic NeRF from the mvgen anchor videos and 4DM guidance (paper §3.3, spec §4–5)."""
+
+    num_steps: int = Field(35000, ge=1)
+    """Optimisation steps (35000)."""
+    sds_resolution: ResolutionSchedule = ResolutionSchedule()
+    """Side of the SDS renders over the steps (64 / 192 / 256 at 0 / 5000 / 10000)."""
+    field: FieldConfig = FieldConfig()
+    """The 4D representation."""
+    renderer: RendererConfig = RendererConfig()
+    """Ray marching and the occupancy grid."""
+    cameras: CameraConfig = CameraConfig()
+    """Camera distributions."""
+    guidance: GuidanceConfig = GuidanceConfig()
+    """4DM score distillation."""
+    loss_weights: LossWeights = LossWeights()
+    """Weights of the loss terms."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    """AdamW settings."""
+    output_size_px: int = Field(256, ge=8)
+    """Side of the written renders (eval views, input view, preview), pixels."""
+    preview_segments: int = Field(8, ge=1)
+    """Orbit preview: this many segments of F frames at a fixed azimuth then F frames turning 360°/segments while
+    time plays (the official test trajectory: 8 segments, 128 frames for F = 8)."""
+    log_every_steps: int = Field(50, ge=1)
+    """Steps between MLflow metric logs."""
+    validate_every_steps: int = Field(1000, ge=1)
+    """Steps between validation renders (logged to MLflow)."""
+    checkpoint_every_steps: int = Field(500, ge=1)
+    """Steps between atomic checkpoints (only when the run has a `--checkpoint` folder)."""
+    seed: int = 23
+    """Seed of every random draw (cameras, timesteps, noise, samples); the official run uses 23."""
+    deterministic: bool = False
+    """Use torch's deterministic kernels: bit-identical reruns (multi-threaded CPU and CUDA scatter-adds otherwise
+    vary in the last bits), at some speed cost on the GPU. configs/tiny sets it."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run; `cuda` without a GPU is an error."""

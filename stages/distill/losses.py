@@ -1,0 +1,71 @@
+"""Losses of the 4D optimisation besides SDS: the anchor loss and the regularisers (spec §5.2–5.3).
+
+- D-SSIM: `1 − SSIM` with an 11×11 Gaussian window (σ 1.5), C1 = 0.01², C2 = 0.03², zero padding, mean over the
+  map, images in [0, 1]: the 3D Gaussian Splatting `ssim` that 4Diffusion's `loss_utils.py` copies.
+- Anchor loss (paper eq. 11): λ1·LPIPS(I_r, I_a) + λ2·(1 − SSIM(I_r, I_a)), λ1 = 200, λ2 = 100 (the official
+  config's 100/50, which `training_step` adds twice).
+- Sparsity ("L_opacity", λ4): mean √(o² + 0.01) over the SDS renders' opacities.
+- Opaque ("L_sparse", λ5): binary entropy of the clamped opacity, BCE(o, o).
+- Orientation (λ3): Σ w·relu(n·d)² over the renders, divided by the number of pixels with opacity > 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stages.distill.lpips import LPIPSVGG
+
+__all__ = ["ssim", "anchor_loss", "sparsity_loss", "opaque_loss", "orientation_loss", "gaussian_window"]
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Normalised 1-D Gaussian (size,), float64 (cast to the images' dtype where used)."""
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(img1: Tensor, img2: Tensor, *, window_size: int = 11, sigma: float = 1.5, full: bool = False) -> Tensor:
+    """SSIM of two image batches (N, C, H, W) in [0, 1]; the mean over the map, or the (N, C, H, W) map if `full`."""
+    channels = img1.shape[1]
+    g = gaussian_window(window_size, sigma).to(img1)
+    window = (g[:, None] @ g[None, :]).expand(channels, 1, window_size, window_size).contiguous()
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(x, window, padding=window_size // 2, groups=channels)
+
+    mu1, mu2 = blur(img1), blur(img2)
+    sigma1 = blur(img1 * img1) - mu1**2
+    sigma2 = blur(img2 * img2) - mu2**2
+    sigma12 = blur(img1 * img2) - mu1 * mu2
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mu1 * mu2 + c1) * (2 * sigma12 + c2)) / ((mu1**2 + mu2**2 + c1) * (sigma1 + sigma2 + c2))
+    return ssim_map if full else ssim_map.mean()
+
+
+def anchor_loss(
+    render: Tensor, target: Tensor, lpips: LPIPSVGG, *, lpips_weight: float, dssim_weight: float
+) -> tuple[Tensor, dict[str, float]]:
+    """Paper eq. 11 on (N, 3, H, W) images in [0, 1]; returns the weighted sum and the unweighted terms."""
+    perceptual = lpips(render, target)
+    dssim = 1.0 - ssim(render, target)
+    total = lpips_weight * perceptual + dssim_weight * dssim
+    return total, {"anchor_lpips": float(perceptual.detach()), "anchor_dssim": float(dssim.detach())}
+
+
+def sparsity_loss(opacity: Tensor) -> Tensor:
+    """mean √(o² + 0.01), threestudio `loss_sparsity`."""
+    return (opacity.pow(2) + 0.01).sqrt().mean()
+
+
+def opaque_loss(opacity: Tensor) -> Tensor:
+    """Binary entropy of the opacity clamped to [1e-3, 1 − 1e-3], threestudio `loss_opaque` (BCE(o, o))."""
+    o = opacity.clamp(1e-3, 1.0 - 1e-3)
+    return F.binary_cross_entropy(o, o)
+
+
+def orientation_loss(orient: Tensor, opacity: Tensor) -> Tensor:
+    """Σ per-ray orientation terms / #(opacity > 0), threestudio `loss_orient`."""
+    return orient.sum() / (opacity > 0).sum().clamp(min=1)

@@ -1,0 +1,271 @@
+"""The distill stage: mvgen anchor videos + the input video → a dynamic NeRF and its renders (spec §4–5)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.common.artifacts import (
+    CONFIG_FILE,
+    DistillManifest,
+    MvgenManifest,
+    PreprocessManifest,
+    ViewSet,
+    git_sha,
+    staged_output_dir,
+)
+from stages.common.cameras import OrbitCamera, load_cameras, save_cameras
+from stages.common.config import config_sha256, dump_config
+from stages.common.devices import resolve_device
+from stages.common.errors import StageError
+from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_preview_video, write_rgba
+from stages.common.seeding import deterministic_algorithms, make_generator, seed_everything
+from stages.common.tracking import stage_run
+from stages.distill.config import DistillConfig
+from stages.distill.export import orbit_trajectory, render_rgba, save_field
+from stages.distill.guidance import FourDMGuidance
+from stages.distill.lpips import load_lpips_vgg
+from stages.distill.trainer import AnchorTarget, Trainer, build_field, field_kwargs
+from stages.mvgen import load_fourdm
+
+__all__ = ["run", "EVAL_AZIMUTHS_DEG"]
+
+log = logging.getLogger(__name__)
+
+EVAL_AZIMUTHS_DEG = (0.0, 90.0, 180.0, 270.0)
+"""The 4 orthogonal cameras the eval stage scores (spec §6.2), elevation 0."""
+ORBIT_DIR = "renders/orbit"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def run(
+    config: DistillConfig,
+    *,
+    input_dir: Path,
+    preprocess_dir: Path,
+    weights_dir: Path,
+    lpips_dir: Path,
+    output_dir: Path,
+    checkpoint_dir: Path | None = None,
+) -> DistillManifest:
+    """Optimise the dynamic NeRF of one subject and render it; writes manifest.json last.
+
+    Args:
+        input_dir: mvgen artifact (the anchor videos and their cameras).
+        preprocess_dir: the preprocess artifact mvgen was sampled from (input frames for 4DM's conditioning).
+        weights_dir: converted 4DM folder, e.g. weights/fourdm.
+        lpips_dir: folder with `vgg16-397923af.pth` and `vgg.pth` (LPIPS-VGG of the anchor loss).
+        output_dir: artifact folder; replaced as a whole only when the stage succeeds.
+        checkpoint_dir: folder for resumable checkpoints; a rerun with the same folder resumes there.
+
+    Raises:
+        StageError: unusable or mismatched inputs, missing weights.
+    """
+    with deterministic_algorithms(config.deterministic):
+        return _run(
+            config,
+            input_dir=input_dir,
+            preprocess_dir=preprocess_dir,
+            weights_dir=weights_dir,
+            lpips_dir=lpips_dir,
+            output_dir=output_dir,
+            checkpoint_dir=checkpoint_dir,
+        )
+
+
+def _run(
+    config: DistillConfig,
+    *,
+    input_dir: Path,
+    preprocess_dir: Path,
+    weights_dir: Path,
+    lpips_dir: Path,
+    output_dir: Path,
+    checkpoint_dir: Path | None = None,
+) -> DistillManifest:
+    """`run` without the determinism switch."""
+    # 1. Inputs, checked against each other.
+    mvgen = MvgenManifest.load(input_dir)
+    source = PreprocessManifest.load(preprocess_dir)
+    if mvgen.upstream.get("preprocess") != source.sha256(preprocess_dir):
+        raise StageError(f"{input_dir} was not sampled from {preprocess_dir} (preprocess manifest hash differs)")
+    views = mvgen.views
+    if config.cameras.anchor_view >= views.num_views:
+        raise StageError(f"cameras.anchor_view {config.cameras.anchor_view} but mvgen has {views.num_views} views")
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    prompt = mvgen.prompt or source.prompt or config.guidance.fallback_prompt
+
+    # 2. Frozen networks: 4DM for SDS, LPIPS-VGG for the anchor loss.
+    w = config.loss_weights
+    guidance = conditioning = lpips = None
+    frames = np.stack([composite_on_white(read_rgba(p)) for p in source.frame_paths(preprocess_dir)])  # (F, H, W, 3)
+    if w.sds > 0:
+        pipe = load_fourdm(weights_dir, torch_dtype=_DTYPES[config.guidance.dtype]).to(device)
+        guidance = FourDMGuidance(
+            pipe, guidance_scale=config.guidance.guidance_scale, std_rescale=config.guidance.std_rescale
+        )
+        if frames.shape[1] != guidance.image_size:
+            raise StageError(f"input frames are {frames.shape[1]} px but this 4DM works at {guidance.image_size} px")
+        conditioning = guidance.prepare(
+            frames, prompt, config.guidance.negative_prompt, make_generator(config.seed, device)
+        )
+    if w.anchor_lpips > 0:
+        lpips = load_lpips_vgg(lpips_dir).to(device)
+
+    # 3. The anchor video: the mvgen view at the input camera, binary mask (alpha > 0.5) on white (spec §5.2).
+    anchor_frames = []
+    for f in range(views.num_frames):
+        rgba = read_rgba(views.frame_path(input_dir, config.cameras.anchor_view, f)).astype(np.float32) / 255.0
+        mask = (rgba[..., 3:] > 0.5).astype(np.float32)
+        anchor_frames.append(rgba[..., :3] * mask + (1.0 - mask))
+    anchor = AnchorTarget(
+        frames=torch.from_numpy(np.stack(anchor_frames)).permute(0, 3, 1, 2).contiguous(),  # (F, 3, H, W)
+        camera=load_cameras(input_dir / views.cameras_file)[config.cameras.anchor_view],
+    )
+
+    torch.manual_seed(config.seed)
+    field = build_field(config).to(device)
+    trainer = Trainer(config, field, anchor, guidance=guidance, conditioning=conditioning, lpips=lpips, device=device)
+    with stage_run(
+        "distill", config, subject=mvgen.subject, extra_tags={"hash_backend": config.field.backend}
+    ) as tracker:
+        # 4. Optimise (resuming from checkpoint_dir when it holds a checkpoint).
+        log.info(
+            "distill %s: %d steps, %d frames, prompt %r, on %s",
+            mvgen.subject,
+            config.num_steps,
+            views.num_frames,
+            prompt,
+            device,
+        )
+
+        def validate(step: int) -> None:
+            if tracker.run_id is None:
+                return
+            strip = np.concatenate(
+                [
+                    composite_on_white(_render(trainer, cam, views.num_frames // 2, anchor.frames.shape[-1]))
+                    for cam in _eval_cameras(config)
+                ],
+                axis=1,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"step_{step:06d}.png"
+                write_rgba(path, np.dstack([strip, np.full(strip.shape[:2], 255, np.uint8)]))
+                tracker.log_artifact(path, "validation")
+
+        final = trainer.fit(
+            config.num_steps,
+            checkpoint_dir=checkpoint_dir,
+            on_metrics=lambda step, m: tracker.log_metrics(m, step=step),
+            on_validate=validate,
+        )
+
+        # 5. Renders, exports, config; manifest last.
+        size = config.output_size_px
+        cameras = _eval_cameras(config)
+        renders = ViewSet(
+            num_views=len(cameras),
+            num_frames=views.num_frames,
+            size_px=size,
+            frame_template=f"{ORBIT_DIR}/{VIEW_FRAME_TEMPLATE}",
+            cameras_file=f"{ORBIT_DIR}/cameras.json",
+            source_indices=views.source_indices,
+        )
+        input_camera = OrbitCamera.from_angles(0, 0.0, 0.0, config.cameras.radius, config.cameras.fov_y_deg)
+        with staged_output_dir(output_dir) as tmp:
+            dump_config(config, tmp / CONFIG_FILE)
+            files = [CONFIG_FILE, *save_field(tmp, field, field_kwargs(config), trainer.occupancy)]
+            for cam in cameras:
+                for f in range(views.num_frames):
+                    write_rgba(renders.frame_path(tmp, cam.view, f), _render(trainer, cam, f, size))
+            (tmp / ORBIT_DIR).mkdir(parents=True, exist_ok=True)
+            save_cameras(tmp / renders.cameras_file, cameras)
+            files += renders.file_list()
+            manifest_fields = DistillManifest.model_fields
+            input_template = manifest_fields["input_view_template"].default
+            metrics = dict(final)
+            input_renders = []
+            for f in range(views.num_frames):
+                image = _render(trainer, input_camera, f, source.size_px)
+                write_rgba(tmp / input_template.format(frame=f), image)
+                files.append(input_template.format(frame=f))
+                input_renders.append(composite_on_white(image))
+            metrics["psnr/input_view"] = _psnr(np.stack(input_renders), frames)
+            anchor_renders = np.stack(
+                [
+                    composite_on_white(_render(trainer, anchor.camera, f, anchor.frames.shape[-1]))
+                    for f in range(views.num_frames)
+                ]
+            )
+            metrics["psnr/anchor"] = _psnr(anchor_renders, (anchor.frames.permute(0, 2, 3, 1).numpy() * 255).round())
+            preview = [
+                composite_on_white(
+                    _render(
+                        trainer,
+                        OrbitCamera.from_angles(0, az, 0.0, config.cameras.radius, config.cameras.fov_y_deg),
+                        f,
+                        size,
+                    )
+                )
+                for az, f in orbit_trajectory(views.num_frames, config.preview_segments)
+            ]
+            preview_file = manifest_fields["preview_file"].default
+            write_preview_video(tmp / preview_file, preview, mvgen.fps or 8.0)
+            files.append(preview_file)
+            manifest = DistillManifest(
+                subject=mvgen.subject,
+                files=files,
+                config_sha256=config_sha256(config),
+                code_version=git_sha(),
+                upstream={"mvgen": mvgen.sha256(input_dir), "preprocess": source.sha256(preprocess_dir)},
+                renders=renders,
+                hash_backend=config.field.backend,
+                num_steps=trainer.step,
+                prompt=prompt,
+                fps=mvgen.fps,
+                metrics=metrics,
+            )
+            manifest.write(tmp)
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("psnr/")}, step=trainer.step)
+        tracker.log_manifest(output_dir)
+        log.info(
+            "wrote %d views × %d frames of renders to %s (PSNR input view %.2f dB)",
+            len(cameras),
+            views.num_frames,
+            output_dir,
+            metrics["psnr/input_view"],
+        )
+        return manifest
+
+
+def _eval_cameras(config: DistillConfig) -> list[OrbitCamera]:
+    return [
+        OrbitCamera.from_angles(v, a, 0.0, config.cameras.radius, config.cameras.fov_y_deg)
+        for v, a in enumerate(EVAL_AZIMUTHS_DEG)
+    ]
+
+
+def _render(trainer: Trainer, camera: OrbitCamera, frame: int, size: int) -> np.ndarray:
+    r = trainer.config.renderer
+    return render_rgba(
+        trainer.field,
+        trainer.occupancy,
+        camera,
+        float(trainer.times[frame]),
+        size,
+        step_size=trainer.step_size,
+        alpha_threshold=r.alpha_threshold,
+        early_stop_eps=r.early_stop_eps,
+    )
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of uint8-range images; 100 when identical."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 100.0 if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))

@@ -1,0 +1,337 @@
+"""The optimisation loop of the 4D stage: plain torch, one function per iteration, atomic resumable checkpoints.
+
+Spec §5 (paper eq. 12): L = L_sds + L_anchor + λ3 L_orient + λ4 L_opacity + λ5 L_sparse, AdamW (§5.4). Every
+random draw (cameras, stratified offsets, timesteps, noise, posterior samples, anchor frame, occupancy jitter) comes
+from one CPU generator whose state is checkpointed with the field, the optimiser state, the occupancy grid and the
+step, so a run resumed from a checkpoint continues bit for bit as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from stages.common.cameras import OrbitCamera
+from stages.common.config import config_sha256
+from stages.common.errors import StageError
+from stages.common.logs import progress
+from stages.distill.cameras import Rays, camera_rays, sample_sds_views
+from stages.distill.config import DistillConfig, OptimizerConfig
+from stages.distill.fields import DynamicNeRFField
+from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
+from stages.distill.losses import anchor_loss, opaque_loss, orientation_loss, sparsity_loss, ssim
+from stages.distill.lpips import LPIPSVGG
+from stages.distill.renderer import OccupancyGrid, RenderOutput, render_rays, step_size_for
+
+__all__ = [
+    "Trainer",
+    "AnchorTarget",
+    "build_field",
+    "field_kwargs",
+    "build_optimizer",
+    "build_occupancy",
+    "CHECKPOINT_FILE",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class AnchorTarget:
+    """The anchor video (spec §5.2): frames (F, 3, H, W) in [0, 1] on white, seen from `camera`."""
+
+    frames: Tensor
+    camera: OrbitCamera
+
+
+def build_field(cfg: DistillConfig) -> DynamicNeRFField:
+    return DynamicNeRFField(**field_kwargs(cfg))
+
+
+def field_kwargs(cfg: DistillConfig) -> dict:
+    """The `DynamicNeRFField` constructor arguments of a config (what `field_config.json` stores)."""
+    f = cfg.field
+    return dict(
+        num_levels=f.num_levels,
+        features_per_level=f.features_per_level,
+        log2_hashmap_size=f.log2_hashmap_size,
+        base_resolution=f.base_resolution,
+        per_level_scale=f.per_level_scale,
+        hidden_dim=f.hidden_dim,
+        num_hidden_layers=f.num_hidden_layers,
+        blob_density=f.blob_density,
+        blob_radius=f.blob_radius,
+        bbox_radius=f.bbox_radius,
+        backend=f.backend,
+    )
+
+
+def build_optimizer(field: DynamicNeRFField, cfg: OptimizerConfig) -> torch.optim.AdamW:
+    """AdamW with the grids at `grid_lr` and the MLPs at `mlp_lr` (spec §5.4)."""
+    groups = [
+        {"params": field.grid_parameters(), "lr": cfg.grid_lr},
+        {"params": field.mlp_parameters(), "lr": cfg.mlp_lr},
+    ]
+    return torch.optim.AdamW(groups, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_occupancy(cfg: DistillConfig) -> OccupancyGrid:
+    r = cfg.renderer
+    return OccupancyGrid(
+        r.occupancy_resolution,
+        cfg.field.bbox_radius,
+        r.occupancy_ema_decay,
+        r.occupancy_threshold,
+        r.occupancy_warmup_steps,
+    )
+
+
+class Trainer:
+    """Owns the field, optimiser, occupancy grid, generator and step; `train_step` runs one iteration.
+
+    Args:
+        config: the stage config.
+        field: the dynamic NeRF, on `device`.
+        anchor: the anchor video and its camera.
+        guidance, conditioning: 4DM SDS; may be None only when `loss_weights.sds` is 0.
+        lpips: LPIPS-VGG for the anchor loss; may be None only when `loss_weights.anchor_lpips` is 0.
+        device: where the field lives.
+    """
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        field: DynamicNeRFField,
+        anchor: AnchorTarget,
+        *,
+        guidance: FourDMGuidance | None,
+        conditioning: GuidanceConditioning | None,
+        lpips: LPIPSVGG | None,
+        device: torch.device,
+    ) -> None:
+        if config.loss_weights.sds > 0 and (guidance is None or conditioning is None):
+            raise ValueError("loss_weights.sds > 0 needs the 4DM guidance and its conditioning")
+        if config.loss_weights.anchor_lpips > 0 and lpips is None:
+            raise ValueError("loss_weights.anchor_lpips > 0 needs the LPIPS network")
+        self.config, self.field, self.anchor, self.device = config, field, anchor, device
+        self.guidance, self.conditioning, self.lpips = guidance, conditioning, lpips
+        self.num_frames = anchor.frames.shape[0]
+        self.times = torch.linspace(0.0, 1.0, self.num_frames)
+        self.step_size = step_size_for(config.renderer.num_samples_per_ray, config.field.bbox_radius)
+        self.occupancy = build_occupancy(config).to(device)
+        self.optimizer = build_optimizer(field, config.optimizer)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+
+    # -- rendering ------------------------------------------------------------------------------------------
+
+    def render(
+        self, cameras: list[OrbitCamera], times: list[float], size: int, *, stratified: bool, with_orient: bool = False
+    ) -> RenderOutput:
+        """Render every (time, camera) pair, rays ordered (time, camera, row, column)."""
+        r = self.config.renderer
+        per_camera = [camera_rays(c, size, self.device) for c in cameras]
+        origins = torch.cat([p.origins for p in per_camera]).repeat(len(times), 1)
+        directions = torch.cat([p.directions for p in per_camera]).repeat(len(times), 1)
+        ray_times = torch.tensor(times, device=self.device).repeat_interleave(len(cameras) * size * size)
+        return render_rays(
+            self.field,
+            Rays(origins, directions),
+            ray_times,
+            self.occupancy,
+            step_size=self.step_size,
+            alpha_threshold=r.alpha_threshold,
+            early_stop_eps=r.early_stop_eps,
+            generator=self.generator if stratified else None,
+            chunk=r.march_chunk,
+            with_orient=with_orient,
+        )
+
+    def _max_density(self, x: Tensor) -> Tensor:
+        """The shared occupancy grid's value: max over the timestamps (paper A.1)."""
+        return torch.stack([self.field.density(x, torch.full_like(x[:, 0], float(t))) for t in self.times]).amax(0)
+
+    # -- one iteration -------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns the logged terms."""
+        cfg, w, step = self.config, self.config.loss_weights, self.step
+        cams = cfg.cameras
+        metrics: dict[str, float] = {}
+        # 1. Occupancy grid, shared over time.
+        if step % cfg.renderer.occupancy_update_every_steps == 0:
+            self.occupancy.update(step, self._max_density, self.step_size, self.generator)
+        total = torch.zeros((), device=self.device)
+        # 2. SDS renders: V random orthogonal views × all F timestamps.
+        size = cfg.sds_resolution(step)
+        views = sample_sds_views(
+            self.generator,
+            num_views=cams.num_views,
+            elevation_min_deg=cams.elevation_min_deg,
+            elevation_max_deg=cams.elevation_max_deg,
+            radius=cams.radius,
+            fov_y_deg=cams.fov_y_deg,
+        )
+        out = self.render(views.cameras, self.times.tolist(), size, stratified=True)
+        rgb = out.rgb.reshape(self.num_frames, cams.num_views, size, size, 3).permute(0, 1, 4, 2, 3)  # (F, V, 3, H, W)
+        # 3. 4D-aware SDS (eq. 10).
+        if w.sds > 0:
+            assert self.guidance is not None and self.conditioning is not None
+            steps = self.guidance.num_train_timesteps
+            sds = self.guidance(
+                rgb,
+                self.conditioning,
+                azimuths_deg=views.azimuths_deg,
+                elevation_deg=views.elevation_deg,
+                min_step=int(steps * cfg.guidance.min_step_percent(step)),
+                max_step=int(steps * cfg.guidance.max_step_percent(step)),
+                generator=self.generator,
+            )
+            total = total + w.sds * sds.loss
+            metrics["loss/sds"] = float(sds.loss.detach())
+        # 4. Opacity regularisers on the SDS renders.
+        if (lam := w.sparsity(step)) > 0:
+            term = sparsity_loss(out.opacity)
+            total = total + lam * term
+            metrics["loss/sparsity"] = float(term.detach())
+        if (lam := w.opaque(step)) > 0:
+            term = opaque_loss(out.opacity)
+            total = total + lam * term
+            metrics["loss/opaque"] = float(term.detach())
+        # 5. Orientation of analytic normals: the same views at one random timestamp.
+        if (lam := w.orient(step)) > 0:
+            frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
+            normal_pass = self.render(
+                views.cameras, [float(self.times[frame])], size, stratified=True, with_orient=True
+            )
+            assert normal_pass.orient is not None
+            term = orientation_loss(normal_pass.orient, normal_pass.opacity)
+            total = total + lam * term
+            metrics["loss/orient"] = float(term.detach())
+        # 6. Anchor loss (eq. 11): the anchor view at one random frame, at the anchor video's size.
+        if w.anchor_lpips > 0 or w.anchor_dssim > 0:
+            frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
+            target = self.anchor.frames[frame : frame + 1].to(self.device)  # (1, 3, H, W)
+            size_a = target.shape[-1]
+            a_out = self.render([self.anchor.camera], [float(self.times[frame])], size_a, stratified=True)
+            render = a_out.rgb.reshape(1, size_a, size_a, 3).permute(0, 3, 1, 2)  # (1, 3, H, W)
+            if w.anchor_lpips > 0:
+                assert self.lpips is not None
+                term, parts = anchor_loss(
+                    render, target, self.lpips, lpips_weight=w.anchor_lpips, dssim_weight=w.anchor_dssim
+                )
+            else:
+                dssim = 1.0 - ssim(render, target)
+                term, parts = w.anchor_dssim * dssim, {"anchor_dssim": float(dssim.detach())}
+            total = total + term
+            metrics.update({f"loss/{k}": v for k, v in parts.items()})
+            with torch.no_grad():
+                mse = (render - target).pow(2).mean().clamp(min=1e-10)
+                metrics["psnr/anchor"] = float(-10.0 * torch.log10(mse))
+        # 7. Step.
+        self.optimizer.zero_grad(set_to_none=True)
+        if total.requires_grad:
+            total.backward()
+            self.optimizer.step()
+        self.step += 1
+        metrics["loss/total"] = float(total.detach())
+        metrics["samples_per_ray"] = out.num_samples / max(1, out.opacity.numel())
+        return metrics
+
+    def fit(
+        self,
+        num_steps: int,
+        *,
+        checkpoint_dir: Path | None = None,
+        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+        on_validate: Callable[[int], None] | None = None,
+    ) -> dict[str, float]:
+        """Train until `self.step == num_steps`, resuming from `checkpoint_dir` when it holds a checkpoint.
+
+        Args:
+            num_steps: the step count to reach.
+            checkpoint_dir: folder for `checkpoint.safetensors` (written atomically every
+                `checkpoint_every_steps` and at the end); None trains without checkpoints.
+            on_metrics: called every `log_every_steps` with (step, metrics).
+            on_validate: called every `validate_every_steps` with the step.
+        """
+        cfg = self.config
+        if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).is_file():
+            self.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
+            log.info("resumed from %s at step %d", checkpoint_dir, self.step)
+        metrics: dict[str, float] = {}
+        for _ in progress(range(self.step, num_steps), desc="distill", total=num_steps - self.step):
+            metrics = self.train_step()
+            if on_metrics is not None and (self.step % cfg.log_every_steps == 0 or self.step == num_steps):
+                on_metrics(self.step, metrics)
+            if on_validate is not None and self.step % cfg.validate_every_steps == 0:
+                on_validate(self.step)
+            if checkpoint_dir is not None and (self.step % cfg.checkpoint_every_steps == 0 or self.step == num_steps):
+                self.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
+        return metrics
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Everything a resume needs, as a flat name → tensor mapping (safetensors, no pickles)."""
+        state = {f"field.{k}": v for k, v in self.field.state_dict().items()}
+        state.update({f"occupancy.{k}": v for k, v in self.occupancy.state_dict().items()})
+        for index, param_state in self.optimizer.state_dict()["state"].items():
+            for key, value in param_state.items():
+                state[f"optimizer.{index}.{key}"] = value.reshape(-1) if value.ndim == 0 else value
+        state["rng.cpu"] = self.generator.get_state()
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        meta = {"step": str(self.step), "format": "fourd.distill.ckpt/v1", "config_sha256": config_sha256(self.config)}
+        save_file(self.state_tensors(), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a `save_checkpoint` file into this trainer (same config).
+
+        Raises:
+            StageError: the file is unreadable or was written for another field layout.
+        """
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - any reader failure means the same to the user
+            raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        if meta.get("format") != "fourd.distill.ckpt/v1":
+            raise StageError(f"{path}: not a distill checkpoint")
+        if meta.get("config_sha256") != config_sha256(self.config):
+            raise StageError(f"{path}: written with another config; use a fresh --checkpoint folder to start over")
+        field_state = {k[len("field.") :]: v for k, v in state.items() if k.startswith("field.")}
+        try:
+            self.field.load_state_dict(field_state)
+        except RuntimeError as err:
+            raise StageError(f"{path}: checkpoint does not match the configured field ({err})") from None
+        self.occupancy.load_state_dict(
+            {k[len("occupancy.") :]: v for k, v in state.items() if k.startswith("occupancy.")}
+        )
+        template = self.optimizer.state_dict()
+        params: dict[int, dict[str, Tensor]] = {}
+        for key, value in state.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                params.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+        self.optimizer.load_state_dict({"state": params, "param_groups": template["param_groups"]})
+        self.generator.set_state(state["rng.cpu"])
+        self.step = int(meta["step"])

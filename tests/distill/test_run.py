@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from stages.common.artifacts import DistillManifest, load_any_manifest
+from stages.common.cameras import load_cameras, orbit_c2w
+from stages.common.cli import cli_main
+from stages.common.config import load_config
+from stages.common.errors import StageError
+from stages.common.image_io import read_rgba
+from stages.distill import DistillConfig, run
+from stages.distill.export import load_field
+from tests.distill.tiny import REPO, make_upstream
+
+TINY = load_config(DistillConfig, REPO / "configs/tiny/distill.yaml")
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> dict[str, Path]:
+    return make_upstream(tmp_path_factory.mktemp("distill"))
+
+
+def run_tiny(upstream, output_dir, config=TINY, **extra):
+    return run(
+        config,
+        input_dir=upstream["mvgen"],
+        preprocess_dir=upstream["pre"],
+        weights_dir=upstream["weights"],
+        lpips_dir=upstream["lpips"],
+        output_dir=output_dir,
+        **extra,
+    )
+
+
+def test_stage_writes_field_renders_for_eval_and_preview(upstream, tmp_path, mlflow_store):
+    out = tmp_path / "out"
+    m = run_tiny(upstream, out)
+    assert load_any_manifest(out) == m == DistillManifest.load(out)
+    assert (m.renders.num_views, m.renders.num_frames, m.renders.size_px) == (4, 4, 16)
+    assert set(m.upstream) == {"mvgen", "preprocess"} and m.num_steps == 2 and m.hash_backend == "torch"
+    assert (
+        m.prompt == "an orange disc"
+        and m.renders.source_indices == load_any_manifest(upstream["mvgen"]).views.source_indices
+    )
+    cams = load_cameras(out / m.renders.cameras_file)
+    assert [c.azimuth_deg for c in cams] == [0.0, 90.0, 180.0, 270.0]
+    for c in cams:
+        np.testing.assert_allclose(c.c2w_array(), orbit_c2w(c.azimuth_deg, 0.0, 1.1))
+    for v in range(4):
+        for f in range(4):
+            assert read_rgba(m.renders.frame_path(out, v, f)).shape == (16, 16, 4)
+    # The blob is visible: opaque centre, empty corners.
+    alpha = read_rgba(m.renders.frame_path(out, 0, 0))[..., 3]
+    assert alpha[8, 8] > 200 and alpha[0, 0] < 50
+    assert read_rgba(out / m.input_view_template.format(frame=3)).shape == (16, 16, 4)
+    assert (out / m.preview_file).stat().st_size > 0
+    assert {
+        "loss/sds",
+        "loss/anchor_lpips",
+        "loss/anchor_dssim",
+        "loss/orient",
+        "loss/sparsity",
+        "psnr/input_view",
+        "psnr/anchor",
+    } <= set(m.metrics)
+    # The saved field reloads and reproduces the trained parameters.
+    field = load_field(out)
+    saved = load_file(str(out / m.field_file))
+    assert set(saved) == set(field.state_dict()) and all(
+        np.array_equal(saved[k].numpy(), v.numpy()) for k, v in field.state_dict().items()
+    )
+    # MLflow got the losses at every step and a validation render.
+    (run_dir,) = [p for p in mlflow_store.glob("*/*") if (p / "metrics").is_dir()]
+    assert len((run_dir / "metrics/loss/sds").read_text().splitlines()) == 2
+    assert sorted(p.name for p in (run_dir / "artifacts/validation").iterdir()) == [
+        "step_000001.png",
+        "step_000002.png",
+    ]
+
+
+def test_checkpoint_dir_resumes_a_finished_run_without_training(upstream, tmp_path):
+    a = run_tiny(upstream, tmp_path / "a", checkpoint_dir=tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "checkpoint.safetensors").is_file()
+    b = run_tiny(upstream, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt")  # resumes at step 2 = num_steps
+    assert a.metrics["psnr/input_view"] == b.metrics["psnr/input_view"]
+    assert (tmp_path / "a" / "field.safetensors").read_bytes() == (tmp_path / "b" / "field.safetensors").read_bytes()
+
+
+def test_mismatched_preprocess_artifact_is_refused(upstream, tmp_path):
+    from stages.preprocess import PreprocessConfig
+    from stages.preprocess import run as preprocess
+
+    cfg = load_config(PreprocessConfig, REPO / "configs/tiny/preprocess.yaml").model_copy(update={"size_px": 16})
+    preprocess(cfg, input_path=upstream["pre"].parent / "disc.mp4", output_dir=tmp_path / "other", subject="other")
+    with pytest.raises(StageError, match="not sampled from"):
+        run(
+            TINY,
+            input_dir=upstream["mvgen"],
+            preprocess_dir=tmp_path / "other",
+            weights_dir=upstream["weights"],
+            lpips_dir=upstream["lpips"],
+            output_dir=tmp_path / "out",
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_lpips_weights_is_one_clear_line(upstream, tmp_path, capsys):
+    rc = cli_main(
+        run,
+        DistillConfig,
+        [
+            "--config",
+            str(REPO / "configs/tiny/distill.yaml"),
+            "--input",
+            str(upstream["mvgen"]),
+            "--preprocess",
+            str(upstream["pre"]),
+            "--weights",
+            str(upstream["weights"]),
+            "--lpips",
+            str(tmp_path / "nolpips"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: LPIPS weights not found") and "vgg16-397923af.pth" in err[-1]
+    assert not (tmp_path / "out").exists()
