@@ -334,7 +334,8 @@ def register_subject(
     name = check_name("subject", subject or re.sub(r"[^a-z0-9_-]+", "-", video.stem.lower()).strip("-"))
     raw = repo / "data" / "raw" / name
     target = raw / (f"video{video.suffix.lower()}" if video.is_file() else "frames")
-    entry = {"input": target.relative_to(repo).as_posix(), "fps": float(fps)}
+    # A registered video is an arbitrary clip: preprocess recentres it (`framing: keep` is for rendered inputs).
+    entry = {"input": target.relative_to(repo).as_posix(), "fps": float(fps), "framing": "recenter"}
 
     from ruamel.yaml import YAML  # DVC's own YAML library: keeps params.yaml's comments
 

@@ -59,6 +59,7 @@ def test_dvc_repro_builds_the_example_and_reruns_on_config_change(repo_copy):
     m = PreprocessManifest.load(repo_copy / "data/preprocess/fox")
     assert m.subject == "fox" and m.size_px == 256 and m.num_frames == 8
     assert m.alpha_source == "input" and m.fps == pytest.approx(8.0 / 3)  # 8 of 24 frames at 8 fps: stride 3
+    assert m.crop_box == (0, 0, 256, 256)  # framing: keep (params.yaml): the render's own framing, as the GT's
     assert "up to date" in sh([*dvc, "status", "preprocess@fox"], repo_copy).lower()
 
     cfg_path = repo_copy / "configs/preprocess.yaml"

@@ -39,8 +39,8 @@ def test_render_joins_for_asset_subjects_and_eval_only_with_ground_truth(tmp_pat
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["assets"] = {"dog": {"asset": "assets/dog.glb", "clip": "Run"}}
-    params["subjects"]["dog"] = {"input": "data/render/dog/input", "fps": 8.0}
-    params["subjects"]["cat"] = {"input": "data/raw/cat/video.mp4", "fps": 0.0}
+    params["subjects"]["dog"] = {"input": "data/render/dog/input", "fps": 8.0, "framing": "keep"}
+    params["subjects"]["cat"] = {"input": "data/raw/cat/video.mp4", "fps": 0.0, "framing": "recenter"}
     params["evaluate"]["dog"] = {"ground_truth": "data/render/dog"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     dog = stage_instances(tmp_path, "dog")
@@ -79,7 +79,7 @@ def test_register_subject_copies_adds_and_lists_the_video_once(tmp_path):
     video.write_bytes((REPO / "examples/fox/video.mp4").read_bytes())
     assert register_subject(repo, video, prompt="a fox") == "my-clip"
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["subjects"]["my-clip"] == {"input": "data/raw/my-clip/video.mp4", "fps": 0.0}
+    assert params["subjects"]["my-clip"] == {"input": "data/raw/my-clip/video.mp4", "fps": 0.0, "framing": "recenter"}
     assert (repo / "data/raw/my-clip.dvc").is_file() and (repo / "data/raw/my-clip/prompt.txt").is_file()
     assert "# DVC vars" in (repo / "params.yaml").read_text()
     assert register_subject(repo, video, prompt="a fox") == "my-clip"  # same content: no-op
