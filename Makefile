@@ -44,10 +44,11 @@ render-env: $(RENDER_STAMP)
 ## Set up, then run the pipeline on the bundled example (examples/fox) with DVC; results under data/
 demo: setup
 	dvc repro --glob 'preprocess@*'
-	@if [ -f weights/fourdm/model_index.json ]; then dvc repro --glob 'mvgen@*'; \
-	else echo "demo: mvgen skipped, no weights/fourdm yet (stages/mvgen/README.md says how to make it)"; fi
-	@echo "demo: frames in data/preprocess/fox/frames, preview data/preprocess/fox/preview.mp4;"
-	@echo "      MLflow runs in ./mlflow.db (make mlflow-ui). Later stages join as they land (README)."
+	@if [ -f weights/fourdm/model_index.json ] && [ -d weights/eval/lpips ]; then \
+		dvc repro --glob 'distill@*' && dvc repro --glob 'eval@*'; \
+	else echo "demo: mvgen → distill → eval skipped: they need weights/fourdm and weights/eval/lpips (weights/README.md)"; fi
+	@echo "demo: frames in data/preprocess/fox/frames, preview data/preprocess/fox/preview.mp4; MLflow runs in"
+	@echo "      ./mlflow.db (make mlflow-ui). With weights: data/mvgen, data/distill, data/eval/fox/report.html."
 
 ## Aggregate every subject's eval metrics into reports/metrics.json (DVC metrics)
 report: setup
