@@ -53,20 +53,11 @@ def cuda_time(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--floor-repeats", type=int, default=10)
-    parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels-last layout")
-    parser.add_argument("--json", type=Path, default=Path("out/mvgen_sampling.json"))
-    args = parser.parse_args()
-    dtype, device = DTYPES[args.dtype], torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (the official demo's precision)
-    torch.backends.cudnn.allow_tf32 = False
+def build_full_size_pipeline(dtype: torch.dtype = torch.float32) -> FourDMPipeline:
+    """FourDM at the official sizes with random weights (seeded): UNet, SD VAE, SD-2.1 text encoder, ViT-H/14.
 
-    # 1. Full-size components with random weights.
+    Shared with benchmarks/distill_step.py; the tokenizer is a character-level stand-in (77 tokens either way).
+    """
     torch.manual_seed(0)
     unet = FourDMUNet()
     text = CLIPTextModel(
@@ -94,7 +85,27 @@ def main() -> None:
     tmp = Path("out/_tok")
     tokenizer = char_tokenizer(tmp)
     text.resize_token_embeddings(len(tokenizer))
-    pipe = FourDMPipeline(unet, sd_vae(), official_scheduler(), text, tokenizer, vision, CLIPImageProcessor())
+    return FourDMPipeline(unet, sd_vae(), official_scheduler(), text, tokenizer, vision, CLIPImageProcessor()).to(
+        dtype=dtype
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--floor-repeats", type=int, default=10)
+    parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels-last layout")
+    parser.add_argument("--json", type=Path, default=Path("out/mvgen_sampling.json"))
+    args = parser.parse_args()
+    dtype, device = DTYPES[args.dtype], torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (the official demo's precision)
+    torch.backends.cudnn.allow_tf32 = False
+
+    # 1. Full-size components with random weights.
+    pipe = build_full_size_pipeline(dtype)
+    unet = pipe.unet
     pipe.to(device, dtype)
     if args.channels_last:
         unet.to(memory_format=torch.channels_last)
