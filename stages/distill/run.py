@@ -65,29 +65,6 @@ def run(
     Raises:
         StageError: unusable or mismatched inputs, missing weights.
     """
-    with deterministic_algorithms(config.deterministic):
-        return _run(
-            config,
-            input_dir=input_dir,
-            preprocess_dir=preprocess_dir,
-            weights_dir=weights_dir,
-            lpips_dir=lpips_dir,
-            output_dir=output_dir,
-            checkpoint_dir=checkpoint_dir,
-        )
-
-
-def _run(
-    config: DistillConfig,
-    *,
-    input_dir: Path,
-    preprocess_dir: Path,
-    weights_dir: Path,
-    lpips_dir: Path,
-    output_dir: Path,
-    checkpoint_dir: Path | None = None,
-) -> DistillManifest:
-    """`run` without the determinism switch."""
     # 1. Inputs, checked against each other.
     mvgen = MvgenManifest.load(input_dir)
     source = PreprocessManifest.load(preprocess_dir)
@@ -131,9 +108,13 @@ def _run(
     torch.manual_seed(config.seed)
     field = build_field(config).to(device)
     trainer = Trainer(config, field, anchor, guidance=guidance, conditioning=conditioning, lpips=lpips, device=device)
-    with stage_run(
-        "distill", config, subject=mvgen.subject, extra_tags={"hash_backend": config.field.backend}
-    ) as tracker:
+    # Deterministic kernels (when asked) cover the optimisation and the renders, where scatter-adds live.
+    with (
+        deterministic_algorithms(config.deterministic),
+        stage_run(
+            "distill", config, subject=mvgen.subject, extra_tags={"hash_backend": config.field.backend}
+        ) as tracker,
+    ):
         # 4. Optimise (resuming from checkpoint_dir when it holds a checkpoint).
         log.info(
             "distill %s: %d steps, %d frames, prompt %r, on %s",
