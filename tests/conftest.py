@@ -9,6 +9,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The distill hash grid's Triton kernels run on CPU in Triton's interpreter. Triton reads TRITON_INTERPRET when its
+# own library functions are decorated, i.e. at import, so it is set here, before anything imports triton; the
+# GPU run (RUN_GPU_TESTS=1) compiles them for CUDA instead.
+if os.environ.get("RUN_GPU_TESTS") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_gpu = os.environ.get("RUN_GPU_TESTS") == "1"

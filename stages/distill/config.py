@@ -24,8 +24,9 @@ __all__ = [
 class FieldConfig(SubConfig):
     """f(x, t) = HashGrid3D(x) + HashGrid4D(x, t), two bias-free MLPs (spec §4.1, paper Table 3)."""
 
-    backend: Literal["torch", "tcnn"] = "torch"
-    """Hash grid implementation: `torch` (any device) or `tcnn` (tinycudann, CUDA; same parameters and numbers)."""
+    backend: Literal["torch", "tcnn", "triton"] = "torch"
+    """Hash grid implementation, all with the same parameters and numbers: `torch` (any device), `tcnn` (tinycudann,
+    CUDA, built from source) or `triton` (our fused kernels on CUDA; falls back to the torch path on CPU)."""
     num_levels: int = Field(16, ge=1)
     """Resolution levels per grid (Table 3: 16)."""
     features_per_level: int = Field(2, ge=1)

@@ -56,7 +56,7 @@ class DynamicNeRFField(nn.Module):
         blob_density: λ_blob of the density bias (10).
         blob_radius: r_blob, world units (0.5).
         bbox_radius: half side R of the scene box (1).
-        backend: hash grid implementation, `torch` or `tcnn`.
+        backend: hash grid implementation, `torch`, `tcnn` or `triton`.
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class DynamicNeRFField(nn.Module):
         blob_density: float = 10.0,
         blob_radius: float = 0.5,
         bbox_radius: float = 1.0,
-        backend: Literal["torch", "tcnn"] = "torch",
+        backend: Literal["torch", "tcnn", "triton"] = "torch",
     ) -> None:
         super().__init__()
         grid = dict(

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stages.distill.fields import hash_grid_triton
+from stages.distill.fields.hash_grid_triton import LevelTables
+
 __all__ = ["HashGridEncoding", "GridLevel", "grid_levels", "HASH_PRIMES"]
 
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429)
@@ -68,7 +71,8 @@ class HashGridEncoding(nn.Module):
         log2_hashmap_size: log2 of the largest table (19).
         base_resolution: coarsest resolution (16).
         per_level_scale: growth per level (1.447269237440378 reaches 4096 at level 15).
-        backend: `torch` (this file, any device) or `tcnn` (tinycudann on CUDA; same `params`, same numbers).
+        backend: `torch` (this file, any device), `tcnn` (tinycudann on CUDA) or `triton` (the fused kernels of
+            `hash_grid_triton.py` on CUDA, the torch path on CPU); all three share `params` and give the same numbers.
     """
 
     def __init__(
@@ -79,7 +83,7 @@ class HashGridEncoding(nn.Module):
         log2_hashmap_size: int = 19,
         base_resolution: int = 16,
         per_level_scale: float = 1.447269237440378,
-        backend: Literal["torch", "tcnn"] = "torch",
+        backend: Literal["torch", "tcnn", "triton"] = "torch",
     ) -> None:
         super().__init__()
         if not 1 <= num_dims <= len(HASH_PRIMES):
@@ -104,6 +108,9 @@ class HashGridEncoding(nn.Module):
         self.register_buffer("corners", corners, persistent=False)
         primes = torch.tensor(HASH_PRIMES[:num_dims], dtype=torch.int64)
         self.register_buffer("primes", primes, persistent=False)
+        self._tables: dict[torch.device, LevelTables] = {}
+        if backend == "triton" and not hash_grid_triton.triton_available():
+            raise ImportError("hash grid backend 'triton' needs the triton package (pip install triton)")
 
     @property
     def output_dim(self) -> int:
@@ -121,7 +128,23 @@ class HashGridEncoding(nn.Module):
         if self._tcnn is not None:
             self._tcnn.params = self.params  # share the one parameter: same layout, same checkpoint
             return self._tcnn(x.contiguous()).float()
+        if self.backend == "triton" and hash_grid_triton.available_for(x):
+            return hash_grid_triton.encode(
+                x.float(), self.params, self.level_tables(x.device), self.features_per_level
+            )
         return torch.cat([self._encode_level(x, level) for level in self.levels], dim=-1)
+
+    def level_tables(self, device: torch.device) -> LevelTables:
+        """The level geometry as tensors on `device` for the Triton kernels (cached per device)."""
+        if device not in self._tables:
+            self._tables[device] = LevelTables(
+                scale=torch.tensor([lv.scale for lv in self.levels], dtype=torch.float32, device=device),
+                resolution=torch.tensor([lv.resolution for lv in self.levels], dtype=torch.int32, device=device),
+                size=torch.tensor([lv.size for lv in self.levels], dtype=torch.int32, device=device),
+                offset=torch.tensor([lv.offset for lv in self.levels], dtype=torch.int32, device=device),
+                dense=torch.tensor([int(lv.dense) for lv in self.levels], dtype=torch.int32, device=device),
+            )
+        return self._tables[device]
 
     def _encode_level(self, x: Tensor, level: GridLevel) -> Tensor:
         # 1. Grid position and fractional part, as tcnn's pos_fract: pos = x·s + 0.5.
