@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -32,7 +33,7 @@ from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
 from stages.mvgen.training.config import TrainConfig
 from stages.mvgen.training.dataset import TrainSample, find_clip_sources, sample_clip
 
-__all__ = ["run", "training_loss", "dropout_mask", "step_generator"]
+__all__ = ["run", "training_loss", "denoising_loss", "dropout_mask", "step_generator"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -61,7 +62,6 @@ def training_loss(
 
     `denoiser` is the UNet to call (a DistributedDataParallel wrapper of `pipe.unet` when training on several GPUs).
     """
-    denoiser = denoiser or pipe.unet
     device = pipe.device
     batch, frames = len(samples), samples[0].views.shape[1]
     # 1. Frozen encoders: latents of the views and of the conditioning frames, CLIP tokens, text.
@@ -77,12 +77,52 @@ def training_loss(
     keep = (~dropout_mask(batch, condition_dropout, generator)).to(device).float()
     ref, tokens = ref * keep[:, None, None, None, None], tokens * keep[:, None, None, None]
     cameras = cameras * keep[:, None, None]
-    # 3. Noise one timestep per clip; the reference slot is overwritten with the clean reference latent.
-    noise = torch.randn((batch, frames, SLOTS, *x0.shape[3:]), generator=generator).to(device)
-    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
+    return denoising_loss(
+        denoiser or pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras, generator, autocast_dtype
+    )
+
+
+def denoising_loss(
+    denoiser: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    x0: Tensor,
+    ref: Tensor,
+    tokens: Tensor,
+    text: Tensor,
+    cameras: Tensor,
+    generator: torch.Generator,
+    autocast_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Eq. 7 on encoded clips (condition dropout already applied by the caller).
+
+    Noise and one timestep per clip are drawn from `generator` (on its device), the reference slot holds the
+    clean reference latent, and the loss is the ε-prediction MSE over the 4 generated views.
+
+    Args:
+        denoiser: the 4DM UNet (or a DistributedDataParallel wrapper of it).
+        scheduler: gives `num_train_timesteps` and `add_noise`.
+        x0: (B, F, 4, C, h, w) clean latents of the 4 generated views.
+        ref: (B, F, C, h, w) clean latents of the conditioning video (zeros where dropped).
+        tokens: (B, F, T, E) CLIP-vision tokens of the conditioning frames (zeros where dropped).
+        text: (B, 77, D) text tokens.
+        cameras: (B, 5, 16) camera vectors of the 4 views and the reference slot.
+        generator: noise and timesteps; on the latents' device or the CPU.
+        autocast_dtype: autocast the UNet forward to this dtype (None: no autocast).
+
+    Returns:
+        scalar loss (float32).
+    """
+    device = x0.device
+    batch, frames = x0.shape[:2]
+    latent = x0.shape[3:]
+    noise = torch.randn((batch, frames, SLOTS, *latent), generator=generator, device=generator.device).to(device)
+    t = torch.randint(
+        0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=generator.device
+    ).to(device)
+    # The reference slot is overwritten with the clean reference latent inside the UNet.
     x0_slots = torch.cat([x0, ref[:, :, None]], dim=2)  # (B, F, 5, C, h, w)
     t_rows = t.repeat_interleave(frames * SLOTS)
-    noisy = pipe.scheduler.add_noise(x0_slots.reshape(-1, *x0.shape[3:]), noise.reshape(-1, *x0.shape[3:]), t_rows)
+    noisy = scheduler.add_noise(x0_slots.reshape(-1, *latent), noise.reshape(-1, *latent), t_rows)
     rows = batch * frames * SLOTS
     per_row = lambda x: x.repeat_interleave(frames * SLOTS, dim=0)  # noqa: E731  (B, ...) → (B·F·5, ...)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -92,11 +132,11 @@ def training_loss(
             per_row(text),
             cameras.repeat_interleave(frames, dim=0).reshape(rows, -1),
             tokens.repeat_interleave(SLOTS, dim=1).reshape(rows, *tokens.shape[2:]),
-            ref.reshape(batch * frames, *ref.shape[2:]),
+            ref.reshape(batch * frames, *latent),
             frames,
             SLOTS,
         )
-    eps = eps.float().reshape(batch, frames, SLOTS, *x0.shape[3:])
+    eps = eps.float().reshape(batch, frames, SLOTS, *latent)
     return F.mse_loss(eps[:, :, :VIEWS], noise[:, :, :VIEWS])
 
 
