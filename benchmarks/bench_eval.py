@@ -24,11 +24,11 @@ import torch
 
 from stages.common.config import load_config
 from stages.common.devices import resolve_device
+from stages.common.lpips import LPIPSVGG
 from stages.eval import EvalConfig, run
 from stages.eval.metrics.clip_similarity import ClipImageEncoder
 from stages.eval.metrics.fvd import compute_i3d_features, prepare_clip
 from stages.eval.metrics.inception_i3d import InceptionI3d
-from stages.eval.metrics.lpips import LPIPSVGG
 from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test builders make the tiny artifacts
@@ -70,7 +70,7 @@ def main() -> None:
     clip = ClipImageEncoder(
         CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=512)), CLIPImageProcessorPil(), device
     )  # defaults = ViT-B/32
-    lpips = LPIPSVGG().to(device)
+    lpips = LPIPSVGG(input_range="minus_one_to_one", channel_norm="torchmetrics").to(device)
     i3d = InceptionI3d().to(device).eval()
     unit = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
     clips = [

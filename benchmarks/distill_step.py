@@ -21,9 +21,9 @@ import torch
 
 from stages.common.cameras import OrbitCamera
 from stages.common.config import load_config
+from stages.common.lpips import LPIPSVGG
 from stages.distill.config import DistillConfig
 from stages.distill.guidance import FourDMGuidance
-from stages.distill.lpips import LPIPSVGG
 from stages.distill.trainer import AnchorTarget, Trainer, build_field
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -64,7 +64,7 @@ def main() -> None:
         anchor,
         guidance=guidance,
         conditioning=conditioning,
-        lpips=LPIPSVGG().to(device).eval().requires_grad_(False),
+        lpips=LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips").to(device),
         device=device,
     )
     result: dict = {

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stages.distill.lpips import LPIPSVGG
+from stages.common.lpips import LPIPSVGG
 
 __all__ = ["ssim", "anchor_loss", "sparsity_loss", "opaque_loss", "orientation_loss", "gaussian_window"]
 
@@ -49,7 +49,7 @@ def anchor_loss(
     render: Tensor, target: Tensor, lpips: LPIPSVGG, *, lpips_weight: float, dssim_weight: float
 ) -> tuple[Tensor, dict[str, float]]:
     """Paper eq. 11 on (N, 3, H, W) images in [0, 1]; returns the weighted sum and the unweighted terms."""
-    perceptual = lpips(render, target)
+    perceptual = lpips(render, target).mean()
     dssim = 1.0 - ssim(render, target)
     total = lpips_weight * perceptual + dssim_weight * dssim
     return total, {"anchor_lpips": float(perceptual.detach()), "anchor_dssim": float(dssim.detach())}

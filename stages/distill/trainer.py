@@ -22,12 +22,12 @@ from stages.common.cameras import OrbitCamera
 from stages.common.config import config_sha256
 from stages.common.errors import StageError
 from stages.common.logs import progress
+from stages.common.lpips import LPIPSVGG
 from stages.distill.cameras import Rays, camera_rays, sample_sds_views
 from stages.distill.config import DistillConfig, OptimizerConfig
 from stages.distill.fields import DynamicNeRFField
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
 from stages.distill.losses import anchor_loss, opaque_loss, orientation_loss, sparsity_loss, ssim
-from stages.distill.lpips import LPIPSVGG
 from stages.distill.renderer import OccupancyGrid, RenderOutput, render_rays, step_size_for
 
 __all__ = [

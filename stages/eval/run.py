@@ -33,6 +33,7 @@ from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.image_io import atomic_write_bytes
+from stages.common.lpips import LPIPSVGG
 from stages.common.tracking import stage_run
 from stages.eval.config import EvalConfig
 from stages.eval.manifest import EvalManifest, SkippedMetric, ViewPair, prediction_view_set
@@ -46,7 +47,7 @@ from stages.eval.metrics.fvd import (
     prepare_clip,
 )
 from stages.eval.metrics.inception_i3d import InceptionI3d
-from stages.eval.metrics.lpips import LPIPSVGG, load_lpips, lpips_weight_files
+from stages.eval.metrics.lpips import load_lpips, lpips_weight_files
 from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim
 from stages.eval.metrics.weights import MissingWeights
 from stages.eval.pairing import EvalPairs, load_frames, pair_view_sets

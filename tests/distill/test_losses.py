@@ -6,8 +6,9 @@ import torch
 from skimage.metrics import structural_similarity
 
 from stages.common.errors import StageError
+from stages.common.lpips import HEADS_FILE
 from stages.distill.losses import anchor_loss, opaque_loss, sparsity_loss, ssim
-from stages.distill.lpips import LPIPS_FILES, load_lpips_vgg
+from stages.distill.run import load_anchor_lpips
 from stages.distill.schedules import LinearSchedule, ResolutionSchedule
 from tests.distill.tiny import TINY_VGG_WIDTHS, write_tiny_lpips
 
@@ -27,7 +28,7 @@ def test_ssim_map_matches_skimage_gaussian_ssim_away_from_the_border():
 
 
 def test_anchor_loss_weights_lpips_and_dssim(tmp_path):
-    lpips = load_lpips_vgg(write_tiny_lpips(tmp_path))
+    lpips = load_anchor_lpips(write_tiny_lpips(tmp_path))
     torch.manual_seed(0)
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32, requires_grad=True)
     total, parts = anchor_loss(b, a, lpips, lpips_weight=200.0, dssim_weight=100.0)
@@ -39,14 +40,14 @@ def test_anchor_loss_weights_lpips_and_dssim(tmp_path):
 
 
 def test_lpips_reads_the_backbone_width_from_the_file_and_names_missing_or_wrong_files(tmp_path):
-    model = load_lpips_vgg(write_tiny_lpips(tmp_path / "ok"))
-    assert [m.out_channels for m in model.features if isinstance(m, torch.nn.Conv2d)] == list(TINY_VGG_WIDTHS)
+    model = load_anchor_lpips(write_tiny_lpips(tmp_path / "ok"))
+    assert [m.out_channels for m in model.net.features if isinstance(m, torch.nn.Conv2d)] == list(TINY_VGG_WIDTHS)
     with pytest.raises(StageError, match="LPIPS weights not found: .*vgg16-397923af.pth"):
-        load_lpips_vgg(tmp_path / "absent")
+        load_anchor_lpips(tmp_path / "absent")
     broken = write_tiny_lpips(tmp_path / "broken")
-    torch.save({"lin0.model.1.weight": torch.ones(1, 3, 1, 1)}, broken / LPIPS_FILES[1])
-    with pytest.raises(StageError, match="not LPIPS-VGG weights"):
-        load_lpips_vgg(broken)
+    torch.save({"lin0.model.1.weight": torch.ones(1, 3, 1, 1)}, broken / HEADS_FILE)
+    with pytest.raises(StageError, match="vgg.pth: not the LPIPS heads"):
+        load_anchor_lpips(broken)
 
 
 def test_opacity_regularisers():

@@ -12,7 +12,7 @@ from stages.common.errors import StageError
 from stages.common.image_io import read_rgba
 from stages.distill import DistillConfig
 from stages.distill.guidance import FourDMGuidance
-from stages.distill.lpips import load_lpips_vgg
+from stages.distill.run import load_anchor_lpips
 from stages.distill.schedules import LinearSchedule
 from stages.distill.trainer import CHECKPOINT_FILE, AnchorTarget, Trainer, build_field
 from tests.distill.tiny import REPO, write_tiny_lpips
@@ -31,7 +31,7 @@ def parts(tmp_path_factory):
     anchor = AnchorTarget(
         torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, OrbitCamera.from_angles(0, 0.0, 0.0, 1.1, 45.0)
     )
-    return guidance, cond, anchor, load_lpips_vgg(write_tiny_lpips(tmp / "lpips"))
+    return guidance, cond, anchor, load_anchor_lpips(write_tiny_lpips(tmp / "lpips"))
 
 
 def make_trainer(config: DistillConfig, parts) -> Trainer:
@@ -96,7 +96,7 @@ def test_anchor_only_optimisation_fits_the_example_views(tmp_path):
 
     camera = load_cameras(render / gt.cameras_file)[0]
     anchor = AnchorTarget(torch.stack(frames), camera)
-    lpips = load_lpips_vgg(write_tiny_lpips(tmp_path / "lpips"))
+    lpips = load_anchor_lpips(write_tiny_lpips(tmp_path / "lpips"))
     zero = LinearSchedule.constant(0.0)
     config = TINY.model_copy(
         update={

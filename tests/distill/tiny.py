@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from stages.common.config import load_config
-from stages.distill.lpips import LPIPS_FILES, LPIPSVGG
+from stages.common.lpips import LPIPSVGG, save_lpips_vgg
 from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
 from tests.synthetic import disc_frames, write_video
 
@@ -17,14 +17,11 @@ TINY_VGG_WIDTHS = (4, 4, 6, 6, 8, 8, 8, 8, 8, 8, 8, 8, 8)
 
 def write_tiny_lpips(directory: Path, seed: int = 0) -> Path:
     """A random narrow VGG16 + positive heads, saved in the real files' layout (torchvision / lpips keys)."""
-    directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = LPIPSVGG(TINY_VGG_WIDTHS)
-    torch.save({f"features.{k}": v for k, v in model.features.state_dict().items()}, directory / LPIPS_FILES[0])
-    torch.save(
-        {f"lin{i}.model.1.weight": head.weight.abs() for i, head in enumerate(model.lin)}, directory / LPIPS_FILES[1]
-    )
-    return directory
+    model = LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips", widths=TINY_VGG_WIDTHS)
+    for head in model.heads:
+        head.model[1].weight.abs_()  # trained heads are non-negative
+    return save_lpips_vgg(model, directory)
 
 
 def make_upstream(root: Path) -> dict[str, Path]:

@@ -160,8 +160,8 @@ def tiny_clip_model(kind: str = "clip"):
 
 def write_tiny_weights(root: Path, metrics: Sequence[str] = ("clip", "lpips", "i3d")) -> Path:
     """Save random-weight CLIP / LPIPS-VGG / I3D files under `root` as the stage expects them; returns root."""
+    from stages.common.lpips import LPIPSVGG, lpips_files, save_lpips_vgg
     from stages.eval.metrics.inception_i3d import InceptionI3d
-    from stages.eval.metrics.lpips import LPIPSVGG
 
     if "clip" in metrics:
         model, processor = tiny_clip_model()
@@ -169,14 +169,13 @@ def write_tiny_weights(root: Path, metrics: Sequence[str] = ("clip", "lpips", "i
         processor.save_pretrained(root / "clip")
     if "lpips" in metrics:
         torch.manual_seed(1)
-        lpips = LPIPSVGG()
+        lpips = LPIPSVGG(input_range="minus_one_to_one", channel_norm="torchmetrics")
         for head in lpips.heads:
             torch.nn.init.uniform_(head.model[1].weight, 0.0, 0.1)  # trained heads are non-negative
-        (root / "lpips").mkdir(parents=True, exist_ok=True)
-        backbone = {f"features.{k.split('features.', 1)[1]}": v for k, v in lpips.net.state_dict().items()}
+        backbone_file, _ = lpips_files(save_lpips_vgg(lpips, root / "lpips"))
+        backbone = torch.load(backbone_file, weights_only=True)
         backbone["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision's file has the classifier too: ignored
-        torch.save(backbone, root / "lpips" / "vgg16-397923af.pth")
-        torch.save({k: v for k, v in lpips.state_dict().items() if k.startswith("lin")}, root / "lpips" / "vgg.pth")
+        torch.save(backbone, backbone_file)
     if "i3d" in metrics:
         torch.manual_seed(2)
         i3d = InceptionI3d()

@@ -1,10 +1,11 @@
-"""LPIPS-VGG: the checkpoint layout, known answers, and agreement with torchmetrics' maintained LPIPS.
+"""Eval's LPIPS-VGG: known answers, agreement with torchmetrics' maintained LPIPS, missing vs wrong weights.
 
 torchvision cannot be installed beside our torch wheel, so torchmetrics cannot build its own VGG16 here. The
 reference test hands torchmetrics our VGG16 `features` (same random weights) in place of
 `torchvision.models.vgg16().features`; everything else (input scaling, the slices at torchvision's indices,
 channel normalisation, the real learned heads it ships as `lpips_models/vgg.pth`, spatial mean, sum over
-layers) is torchmetrics' code. The backbone's layout is pinned separately against torchvision's key names.
+layers) is torchmetrics' code. The backbone's layout is pinned against torchvision's key names in
+tests/common/test_lpips.py.
 """
 
 from __future__ import annotations
@@ -17,26 +18,9 @@ import pytest
 import torch
 
 from stages.common.errors import StageError
-from stages.eval.metrics.lpips import LPIPSVGG, VGG16Features, load_lpips
+from stages.common.lpips import VGG16Features
+from stages.eval.metrics.lpips import load_lpips
 from stages.eval.metrics.weights import MissingWeights
-
-# torchvision.models.vgg16().features: (index, in, out) of each 3×3 conv; ReLU after each, max-pools at 4, 9, 16,
-# 23, 30 (torchvision/models/vgg.py cfgs["D"]).
-TORCHVISION_VGG16_CONVS = [
-    (0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
-    (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512),
-]  # fmt: skip
-
-
-def test_vgg16_features_have_torchvision_keys_and_shapes():
-    expected = {}
-    for i, cin, cout in TORCHVISION_VGG16_CONVS:
-        expected[f"features.{i}.weight"] = (cout, cin, 3, 3)
-        expected[f"features.{i}.bias"] = (cout,)
-    got = {k: tuple(v.shape) for k, v in VGG16Features().state_dict().items()}
-    assert got == expected
-    assert len(VGG16Features().features) == 31
-    assert [type(VGG16Features().features[i]).__name__ for i in (4, 9, 16, 23, 30)] == ["MaxPool2d"] * 5
 
 
 def test_identical_images_give_zero(tiny_weights):
@@ -110,6 +94,7 @@ def test_missing_files_raise_missing_weights(tmp_path):
 def test_a_wrong_checkpoint_is_an_error_not_a_skip(tmp_path):
     (tmp_path / "lpips").mkdir()
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "lpips" / "vgg16-397923af.pth")
-    torch.save(LPIPSVGG().state_dict(), tmp_path / "lpips" / "vgg.pth")
-    with pytest.raises(StageError, match="vgg16-397923af.pth: not the expected checkpoint.*missing 25 keys"):
+    heads = {f"lin{i}.model.1.weight": torch.ones(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
+    torch.save(heads, tmp_path / "lpips" / "vgg.pth")
+    with pytest.raises(StageError, match="vgg16-397923af.pth: not the VGG16 backbone.*missing 25 keys"):
         load_lpips(tmp_path)

@@ -48,14 +48,13 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     accepts only VGG16's real shapes)."""
     import torch
 
-    from stages.distill.lpips import LPIPS_FILES, LPIPSVGG
+    from stages.common.lpips import LPIPSVGG, save_lpips_vgg
 
     root = copy_repository(tmp_path_factory.mktemp("flow") / "repo")
     write_tiny_fourdm(root / "weights" / "fourdm", root.parent / "scratch")
-    lpips_dir = root / "weights" / "eval" / "lpips"
-    lpips_dir.mkdir(parents=True)
     torch.manual_seed(0)
-    vgg = LPIPSVGG()
-    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, lpips_dir / LPIPS_FILES[0])
-    torch.save({f"lin{i}.model.1.weight": h.weight.abs() for i, h in enumerate(vgg.lin)}, lpips_dir / LPIPS_FILES[1])
+    vgg = LPIPSVGG(input_range="minus_one_to_one", channel_norm="torchmetrics")
+    for head in vgg.heads:
+        head.model[1].weight.abs_()  # trained heads are non-negative
+    save_lpips_vgg(vgg, root / "weights" / "eval" / "lpips")
     return root
