@@ -8,6 +8,7 @@ The workload of platform-notes §8 (the tcnn reference measurement): 4Diffusion'
 output gradient. Mean of `--repeats` after `--warmup` runs, CUDA events. Every backend uses the same tables, and the
 Triton and tcnn outputs are compared with the torch path's on the same points (max abs difference) so a fast wrong
 kernel cannot pass. Triton's block size and warps are swept first (forward + backward), the best is used.
+`triton_pair` is the field's own call: both grids in one fused pass whose output is their sum (`encode_pair`).
 tcnn is measured when `tinycudann` imports (scripts/build_tcnn.sh); its default half-precision encoding is what
 platform-notes §8 measured, so both its float32 (our config's) and float16 forms are reported.
 """
@@ -132,6 +133,24 @@ def main() -> None:
     result["backends"]["triton"] = entry
     print("triton", json.dumps(entry))
 
+    # The field's use: both grids fused in one pass whose output is their sum (`encode_pair`).
+    pair = _Pair(*triton_grids)
+    sweep = {}
+    for block in (64, 128, 256):
+        for warps in (2, 4, 8):
+            ht.BLOCK, ht.NUM_WARPS = block, warps
+            sweep[f"{block}x{warps}"] = measure_pair(pair, points, 2, 5)["forward_backward_ms"]
+    best = min(sweep, key=sweep.get)
+    ht.BLOCK, ht.NUM_WARPS = (int(v) for v in best.split("x"))
+    result["triton_pair_sweep_forward_backward_ms"] = sweep
+    entry = measure_pair(pair, points, args.warmup, args.repeats)
+    with torch.no_grad():
+        want = reference[0](points[:, :3].contiguous()) + reference[1](points)
+        entry["max_abs_diff_vs_torch"] = float((pair(points) - want).abs().max())
+    entry.update(block=ht.BLOCK, num_warps=ht.NUM_WARPS)
+    result["backends"]["triton_pair"] = entry
+    print("triton_pair", json.dumps(entry))
+
     try:
         import tinycudann  # noqa: F401
     except ImportError as err:
@@ -161,15 +180,54 @@ def main() -> None:
         result["backends"]["tcnn_fp16"] = measure(tuple(half), points, args.warmup, args.repeats)
         for name in ("tcnn", "tcnn_fp16"):
             print(name, json.dumps(result["backends"][name]))
-        for name in ("tcnn", "tcnn_fp16"):
-            tri, ref = result["backends"]["triton"], result["backends"][name]
-            result[f"triton_vs_{name}_throughput"] = {
-                "forward": ref["forward_ms"] / tri["forward_ms"],
-                "forward_backward": ref["forward_backward_ms"] / tri["forward_backward_ms"],
-            }
+        for ours in ("triton", "triton_pair"):
+            for name in ("tcnn", "tcnn_fp16"):
+                tri, ref = result["backends"][ours], result["backends"][name]
+                result[f"{ours}_vs_{name}_throughput"] = {
+                    "forward": ref["forward_ms"] / tri["forward_ms"],
+                    "forward_backward": ref["forward_backward_ms"] / tri["forward_backward_ms"],
+                }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+
+
+class _Pair(torch.nn.Module):
+    """The 3D + 4D grids through `encode_pair` (one fused pass, summed features)."""
+
+    def __init__(self, g3: HashGridEncoding, g4: HashGridEncoding) -> None:
+        super().__init__()
+        self.g3, self.g4 = g3, g4
+
+    def forward(self, xyzt: torch.Tensor) -> torch.Tensor:
+        dev = xyzt.device
+        return ht.encode_pair(
+            xyzt, self.g3.params, self.g4.params, self.g3.level_tables(dev), self.g4.level_tables(dev), 2
+        )
+
+
+def measure_pair(pair: _Pair, points: torch.Tensor, warmup: int, repeats: int) -> dict:
+    grad = torch.randn(points.shape[0], pair.g3.output_dim, device=points.device)
+
+    def forward():
+        with torch.no_grad():
+            return pair(points)
+
+    def forward_backward():
+        pair.g3.params.grad = pair.g4.params.grad = None
+        pair(points).backward(grad)
+
+    torch.cuda.reset_peak_memory_stats()
+    fwd = timed(forward, warmup, repeats)
+    fwd_bwd = timed(forward_backward, warmup, repeats)
+    n = points.shape[0]
+    return {
+        "forward_ms": fwd,
+        "forward_backward_ms": fwd_bwd,
+        "forward_mpoints_per_s": n / fwd / 1e3,
+        "forward_backward_mpoints_per_s": n / fwd_bwd / 1e3,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 class _TcnnAsGrid(torch.nn.Module):

@@ -69,6 +69,34 @@ def test_kernels_match_the_torch_path_to_second_order(interpret, dims):
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=2e-6 * max(1.0, scale), msg=key)
 
 
+def test_fused_pair_equals_the_sum_of_two_torch_grids_to_second_order(interpret):
+    a_fast, a_ref = _grids(3, **SMALL)
+    b_fast, b_ref = _grids(4, **SMALL)
+    x0 = _points(48, 4)
+    r1, r2 = torch.randn(48, a_fast.output_dim), torch.randn(48, 4)
+
+    def run(pair):
+        x = x0.clone().requires_grad_(True)
+        r = r1.clone().requires_grad_(True)
+        params = [a_fast.params, b_fast.params] if pair else [a_ref.params, b_ref.params]
+        if pair:
+            tables = (a_fast.level_tables(x.device), b_fast.level_tables(x.device))
+            out = ht.encode_pair(x, *params, *tables, 2)
+        else:
+            out = a_ref(x[:, :3]) + b_ref(x)
+        (dx,) = torch.autograd.grad((out * r).sum(), x, create_graph=True)
+        grads = torch.autograd.grad((dx * r2).sum() + (out * r1).sum(), [*params, r])
+        return [out.detach(), dx.detach(), *grads]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-6 * max(1.0, want.abs().max().item()))
+    with pytest.raises(ValueError, match="same level scales"):
+        other = HashGridEncoding(4, **{**SMALL, "per_level_scale": 1.5}, backend="triton")
+        ht.encode_pair(
+            x0, a_fast.params, other.params, a_fast.level_tables(x0.device), other.level_tables(x0.device), 2
+        )
+
+
 def test_gradient_of_the_kernels_is_the_finite_difference_of_their_forward(interpret):
     # Independent of the torch path: d/dparams of <encode, r> along a random direction, central differences in
     # float64 are not available to the kernels, so a float32 step on a smooth (linear in params) function.
@@ -141,3 +169,20 @@ def test_compiled_kernels_match_the_torch_path_at_the_paper_configuration(dims):
         scale = want[key].abs().max().item()
         # Atomic adds on the GPU sum in any order: tolerance relative to the largest value.
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-5 * max(1.0, scale), msg=key)
+
+
+@pytest.mark.gpu
+def test_compiled_fused_pair_matches_the_torch_path_at_the_paper_configuration():
+    assert torch.cuda.is_available(), "the gpu tests need CUDA"
+    a_fast, a_ref = _grids(3, "cuda", **PAPER)
+    b_fast, b_ref = _grids(4, "cuda", **PAPER)
+    x = _points(1 << 16, 4, "cuda").requires_grad_(True)
+    r = torch.randn(x.shape[0], a_fast.output_dim, device="cuda")
+    tables = (a_fast.level_tables(x.device), b_fast.level_tables(x.device))
+    got = ht.encode_pair(x, a_fast.params, b_fast.params, *tables, 2)
+    want = a_ref(x[:, :3]) + b_ref(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
+    grads_got = torch.autograd.grad((got * r).sum(), [a_fast.params, b_fast.params, x])
+    grads_want = torch.autograd.grad((want * r).sum(), [a_ref.params, b_ref.params, x])
+    for g, w in zip(grads_got, grads_want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5 * max(1.0, w.abs().max().item()))

@@ -1,28 +1,18 @@
 """Triton kernels of the hash grid (see `hash_grid_triton.py`, which loads this file once compiled for CUDA and
-once under Triton's CPU interpreter: Triton decides that when the functions are decorated)."""
+once under Triton's CPU interpreter: Triton decides that when the functions are decorated).
 
-# ruff: noqa: E741
+Every kernel serves one grid (DB = 0) or a pair of grids whose features are summed (the field's 3D + 4D grids:
+DA = 3 on x, y, z and DB = 4 on x, y, z, t of the same (N, 4) points). Both grids of a pair share the level scales
+and resolutions (same base and growth), so a point's grid position is computed once per level for both.
+"""
+
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _corner(
-    c: tl.constexpr,
-    D: tl.constexpr,
-    i0,
-    i1,
-    i2,
-    i3,
-    f0,
-    f1,
-    f2,
-    f3,
-    res,
-    size,
-    dense,
-):
-    """Table index (int32) of corner c and its per-dimension factors a_d (frac or 1 − frac) and signs."""
+def _corner(c: tl.constexpr, D: tl.constexpr, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense):
+    """Table index (int32) of corner c of a D-dim grid and its per-dimension factors a_d (frac or 1 − frac)."""
     b0: tl.constexpr = c & 1
     b1: tl.constexpr = (c >> 1) & 1
     b2: tl.constexpr = (c >> 2) & 1
@@ -51,20 +41,38 @@ def _corner(
 
 
 @triton.jit
-def _position(x_ptr, offs, mask, scale, D: tl.constexpr):
-    """Grid position of the block's points: integer base (uint32) and fraction, per dimension."""
-    x0 = tl.load(x_ptr + offs * D + 0, mask=mask, other=0.0)
-    x1 = tl.load(x_ptr + offs * D + 1, mask=mask, other=0.0)
-    x2 = tl.load(x_ptr + offs * D + 2, mask=mask, other=0.0)
-    pos0 = x0 * scale + 0.5
-    pos1 = x1 * scale + 0.5
-    pos2 = x2 * scale + 0.5
+def _dweights(c: tl.constexpr, D: tl.constexpr, a0, a1, a2, a3, scale):
+    """∂w_c/∂x_d for d < D: scale · (±1) · ∏_{e≠d} a_e (zero for d ≥ D)."""
+    s0: tl.constexpr = 1.0 if (c & 1) else -1.0
+    s1: tl.constexpr = 1.0 if ((c >> 1) & 1) else -1.0
+    s2: tl.constexpr = 1.0 if ((c >> 2) & 1) else -1.0
+    s3: tl.constexpr = 1.0 if ((c >> 3) & 1) else -1.0
+    d0 = (s0 * scale) * (a1 * a2 * a3)
+    d1 = (s1 * scale) * (a0 * a2 * a3)
+    d2 = (s2 * scale) * (a0 * a1 * a3)
+    if D == 4:
+        d3 = (s3 * scale) * (a0 * a1 * a2)
+    else:
+        d3 = tl.zeros(a0.shape, tl.float32)
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def _position(x_ptr, offs, mask, scale, DX: tl.constexpr):
+    """Grid position of the block's points (rows of DX floats): integer base (uint32) and fraction per dimension,
+    pos = fma(x, scale, 0.5) with one rounding as tcnn's `pos_fract`."""
+    x0 = tl.load(x_ptr + offs * DX + 0, mask=mask, other=0.0)
+    x1 = tl.load(x_ptr + offs * DX + 1, mask=mask, other=0.0)
+    x2 = tl.load(x_ptr + offs * DX + 2, mask=mask, other=0.0)
+    pos0 = tl.fma(x0, scale, 0.5)
+    pos1 = tl.fma(x1, scale, 0.5)
+    pos2 = tl.fma(x2, scale, 0.5)
     g0 = tl.floor(pos0)
     g1 = tl.floor(pos1)
     g2 = tl.floor(pos2)
-    if D == 4:
-        x3 = tl.load(x_ptr + offs * D + 3, mask=mask, other=0.0)
-        pos3 = x3 * scale + 0.5
+    if DX == 4:
+        x3 = tl.load(x_ptr + offs * DX + 3, mask=mask, other=0.0)
+        pos3 = tl.fma(x3, scale, 0.5)
         g3 = tl.floor(pos3)
         f3 = pos3 - g3
         i3 = g3.to(tl.int32).to(tl.uint32)
@@ -84,191 +92,312 @@ def _position(x_ptr, offs, mask, scale, D: tl.constexpr):
 
 
 @triton.jit
-def _level(scale_ptr, res_ptr, size_ptr, offset_ptr, dense_ptr, level):
-    scale = tl.load(scale_ptr + level)
-    res = tl.load(res_ptr + level).to(tl.uint32)
-    size = tl.load(size_ptr + level).to(tl.uint32)
-    offset = tl.load(offset_ptr + level)
-    dense = tl.load(dense_ptr + level)
-    return scale, res, size, offset, dense
+def _table(size_ptr, offset_ptr, dense_ptr, level):
+    """One grid's table at `level`: size (uint32), offset (entries, int32), dense flag."""
+    return tl.load(size_ptr + level).to(tl.uint32), tl.load(offset_ptr + level), tl.load(dense_ptr + level)
+
+
+@triton.jit
+def _gather(
+    params_ptr, D: tl.constexpr, F: tl.constexpr, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, mask2
+):
+    """Σ_c w_c · table[c], (BLOCK, F), for one grid at one level."""
+    feat = tl.arange(0, F)[None, :]  # a point's F features are adjacent in the table
+    acc = tl.zeros([f0.shape[0], F], tl.float32)
+    for c in tl.static_range(2**D):
+        index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
+        value = tl.load(params_ptr + ((offset + index) * F)[:, None] + feat, mask=mask2, other=0.0)
+        acc += (a0 * a1 * a2 * a3)[:, None] * value
+    return acc
+
+
+@triton.jit
+def _scatter(
+    grad_ptr, g, D: tl.constexpr, F: tl.constexpr, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, mask2
+):
+    """table_grad[c] += w_c · g for one grid at one level (relaxed atomics, as tcnn's atomicAdd)."""
+    feat = tl.arange(0, F)[None, :]
+    for c in tl.static_range(2**D):
+        index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
+        address = grad_ptr + ((offset + index) * F)[:, None] + feat
+        tl.atomic_add(address, (a0 * a1 * a2 * a3)[:, None] * g, mask=mask2, sem="relaxed")
+
+
+@triton.jit
+def _input_grad(
+    params_ptr,
+    g,
+    D: tl.constexpr,
+    F: tl.constexpr,
+    i0,
+    i1,
+    i2,
+    i3,
+    f0,
+    f1,
+    f2,
+    f3,
+    res,
+    size,
+    offset,
+    dense,
+    scale,
+    mask2,
+):
+    """Σ_c ∂w_c/∂x_d · <g, table[c]> for d = 0..3, one grid at one level."""
+    feat = tl.arange(0, F)[None, :]
+    gx0 = tl.zeros(f0.shape, tl.float32)
+    gx1 = tl.zeros(f0.shape, tl.float32)
+    gx2 = tl.zeros(f0.shape, tl.float32)
+    gx3 = tl.zeros(f0.shape, tl.float32)
+    for c in tl.static_range(2**D):
+        index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
+        value = tl.load(params_ptr + ((offset + index) * F)[:, None] + feat, mask=mask2, other=0.0)
+        dot = tl.sum(g * value, axis=1)
+        d0, d1, d2, d3 = _dweights(c, D, a0, a1, a2, a3, scale)
+        gx0 += d0 * dot
+        gx1 += d1 * dot
+        gx2 += d2 * dot
+        gx3 += d3 * dot
+    return gx0, gx1, gx2, gx3
+
+
+@triton.jit
+def _second_order(
+    params_ptr,
+    grad_params_ptr,
+    g,
+    v0,
+    v1,
+    v2,
+    v3,
+    D: tl.constexpr,
+    F: tl.constexpr,
+    i0,
+    i1,
+    i2,
+    i3,
+    f0,
+    f1,
+    f2,
+    f3,
+    res,
+    size,
+    offset,
+    dense,
+    scale,
+    mask2,
+    WANT_PARAMS: tl.constexpr,
+    WANT_GRAD_OUT: tl.constexpr,
+):
+    """With vw_c = Σ_d v_d ∂w_c/∂x_d: table_grad[c] += vw_c · g (atomics) and returns Σ_c vw_c · table[c]."""
+    feat = tl.arange(0, F)[None, :]
+    acc = tl.zeros([f0.shape[0], F], tl.float32)
+    for c in tl.static_range(2**D):
+        index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
+        d0, d1, d2, d3 = _dweights(c, D, a0, a1, a2, a3, scale)
+        vw = (v0 * d0 + v1 * d1 + v2 * d2 + v3 * d3)[:, None]
+        address = ((offset + index) * F)[:, None] + feat
+        if WANT_PARAMS:
+            tl.atomic_add(grad_params_ptr + address, vw * g, mask=mask2, sem="relaxed")
+        if WANT_GRAD_OUT:
+            acc += vw * tl.load(params_ptr + address, mask=mask2, other=0.0)
+    return acc
 
 
 @triton.jit
 def forward_kernel(
     x_ptr,
-    params_ptr,
+    pa_ptr,
+    pb_ptr,
     out_ptr,
     N,
     scale_ptr,
     res_ptr,
-    size_ptr,
-    offset_ptr,
-    dense_ptr,
-    D: tl.constexpr,
+    size_a_ptr,
+    offset_a_ptr,
+    dense_a_ptr,
+    size_b_ptr,
+    offset_b_ptr,
+    dense_b_ptr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
     F: tl.constexpr,
     L: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    level = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    """out[:, level·F:(level+1)·F] = grid_a(x) (+ grid_b(x)); programs: (level, block of points)."""
+    level = tl.program_id(0)  # levels vary fastest: a block's levels run together and fill its output lines
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    scale, res, size, offset, dense = _level(scale_ptr, res_ptr, size_ptr, offset_ptr, dense_ptr, level)
-    i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, D)
-    feat = tl.arange(0, F)[None, :]  # (1, F): a point's F features are adjacent in the table and the output
     mask2 = mask[:, None]
-    acc = tl.zeros([BLOCK, F], tl.float32)
-    for c in tl.static_range(2**D):
-        index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
-        value = tl.load(params_ptr + ((offset + index) * F)[:, None] + feat, mask=mask2, other=0.0)
-        acc += (a0 * a1 * a2 * a3)[:, None] * value
-    tl.store(out_ptr + (offs * (L * F) + level * F)[:, None] + feat, acc, mask=mask2)
+    DX: tl.constexpr = DB if DB > 0 else DA
+    scale = tl.load(scale_ptr + level)
+    res = tl.load(res_ptr + level).to(tl.uint32)
+    i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, DX)
+    size, offset, dense = _table(size_a_ptr, offset_a_ptr, dense_a_ptr, level)
+    acc = _gather(pa_ptr, DA, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, mask2)
+    if DB > 0:
+        size, offset, dense = _table(size_b_ptr, offset_b_ptr, dense_b_ptr, level)
+        acc += _gather(pb_ptr, DB, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, mask2)
+    tl.store(out_ptr + (offs * (L * F) + level * F)[:, None] + tl.arange(0, F)[None, :], acc, mask=mask2)
 
 
 @triton.jit
 def backward_params_kernel(
     x_ptr,
     grad_out_ptr,
-    grad_params_ptr,
+    ga_ptr,
+    gb_ptr,
     N,
     scale_ptr,
     res_ptr,
-    size_ptr,
-    offset_ptr,
-    dense_ptr,
-    D: tl.constexpr,
+    size_a_ptr,
+    offset_a_ptr,
+    dense_a_ptr,
+    size_b_ptr,
+    offset_b_ptr,
+    dense_b_ptr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
     F: tl.constexpr,
     L: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    level = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    """Table gradients of both grids from the output gradient; programs: (level, block of points)."""
+    level = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    scale, res, size, offset, dense = _level(scale_ptr, res_ptr, size_ptr, offset_ptr, dense_ptr, level)
-    i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, D)
-    feat = tl.arange(0, F)[None, :]
     mask2 = mask[:, None]
-    g = tl.load(grad_out_ptr + (offs * (L * F) + level * F)[:, None] + feat, mask=mask2, other=0.0)  # (BLOCK, F)
-    for c in tl.static_range(2**D):
-        index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
-        tl.atomic_add(
-            grad_params_ptr + ((offset + index) * F)[:, None] + feat,
-            (a0 * a1 * a2 * a3)[:, None] * g,
-            mask=mask2,
-            sem="relaxed",
-        )
-
-
-@triton.jit
-def _dweights(c: tl.constexpr, D: tl.constexpr, a0, a1, a2, a3, scale):
-    """∂w_c/∂x_d for d < D: scale · (±1) · ∏_{e≠d} a_e."""
-    s0: tl.constexpr = 1.0 if (c & 1) else -1.0
-    s1: tl.constexpr = 1.0 if ((c >> 1) & 1) else -1.0
-    s2: tl.constexpr = 1.0 if ((c >> 2) & 1) else -1.0
-    s3: tl.constexpr = 1.0 if ((c >> 3) & 1) else -1.0
-    d0 = (s0 * scale) * (a1 * a2 * a3)
-    d1 = (s1 * scale) * (a0 * a2 * a3)
-    d2 = (s2 * scale) * (a0 * a1 * a3)
-    if D == 4:
-        d3 = (s3 * scale) * (a0 * a1 * a2)
-    else:
-        d3 = tl.zeros(a0.shape, tl.float32)
-    return d0, d1, d2, d3
+    DX: tl.constexpr = DB if DB > 0 else DA
+    scale = tl.load(scale_ptr + level)
+    res = tl.load(res_ptr + level).to(tl.uint32)
+    i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, DX)
+    g = tl.load(grad_out_ptr + (offs * (L * F) + level * F)[:, None] + tl.arange(0, F)[None, :], mask=mask2, other=0.0)
+    size, offset, dense = _table(size_a_ptr, offset_a_ptr, dense_a_ptr, level)
+    _scatter(ga_ptr, g, DA, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, mask2)
+    if DB > 0:
+        size, offset, dense = _table(size_b_ptr, offset_b_ptr, dense_b_ptr, level)
+        _scatter(gb_ptr, g, DB, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, mask2)
 
 
 @triton.jit
 def backward_input_kernel(
     x_ptr,
-    params_ptr,
+    pa_ptr,
+    pb_ptr,
     grad_out_ptr,
     grad_x_ptr,
     N,
     scale_ptr,
     res_ptr,
-    size_ptr,
-    offset_ptr,
-    dense_ptr,
-    D: tl.constexpr,
+    size_a_ptr,
+    offset_a_ptr,
+    dense_a_ptr,
+    size_b_ptr,
+    offset_b_ptr,
+    dense_b_ptr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
     F: tl.constexpr,
     L: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    """∂L/∂x (N, DX) summed over levels and grids inside one program (no atomics); programs: blocks of points."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
+    mask2 = mask[:, None]
+    DX: tl.constexpr = DB if DB > 0 else DA
     gx0 = tl.zeros([BLOCK], tl.float32)
     gx1 = tl.zeros([BLOCK], tl.float32)
     gx2 = tl.zeros([BLOCK], tl.float32)
     gx3 = tl.zeros([BLOCK], tl.float32)
-    feat = tl.arange(0, F)[None, :]
-    mask2 = mask[:, None]
     for level in tl.range(0, L):
-        scale, res, size, offset, dense = _level(scale_ptr, res_ptr, size_ptr, offset_ptr, dense_ptr, level)
-        i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, D)
-        g = tl.load(grad_out_ptr + (offs * (L * F) + level * F)[:, None] + feat, mask=mask2, other=0.0)
-        for c in tl.static_range(2**D):
-            index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
-            value = tl.load(params_ptr + ((offset + index) * F)[:, None] + feat, mask=mask2, other=0.0)
-            dot = tl.sum(g * value, axis=1)  # (BLOCK,)
-            d0, d1, d2, d3 = _dweights(c, D, a0, a1, a2, a3, scale)
-            gx0 += d0 * dot
-            gx1 += d1 * dot
-            gx2 += d2 * dot
-            gx3 += d3 * dot
-    tl.store(grad_x_ptr + offs * D + 0, gx0, mask=mask)
-    tl.store(grad_x_ptr + offs * D + 1, gx1, mask=mask)
-    tl.store(grad_x_ptr + offs * D + 2, gx2, mask=mask)
-    if D == 4:
-        tl.store(grad_x_ptr + offs * D + 3, gx3, mask=mask)
+        scale = tl.load(scale_ptr + level)
+        res = tl.load(res_ptr + level).to(tl.uint32)
+        i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, DX)
+        g = tl.load(
+            grad_out_ptr + (offs * (L * F) + level * F)[:, None] + tl.arange(0, F)[None, :], mask=mask2, other=0.0
+        )
+        size, offset, dense = _table(size_a_ptr, offset_a_ptr, dense_a_ptr, level)
+        d0, d1, d2, d3 = _input_grad(
+            pa_ptr, g, DA, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, scale, mask2
+        )
+        gx0 += d0
+        gx1 += d1
+        gx2 += d2
+        gx3 += d3
+        if DB > 0:
+            size, offset, dense = _table(size_b_ptr, offset_b_ptr, dense_b_ptr, level)
+            d0, d1, d2, d3 = _input_grad(
+                pb_ptr, g, DB, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, scale, mask2
+            )
+            gx0 += d0
+            gx1 += d1
+            gx2 += d2
+            gx3 += d3
+    tl.store(grad_x_ptr + offs * DX + 0, gx0, mask=mask)
+    tl.store(grad_x_ptr + offs * DX + 1, gx1, mask=mask)
+    tl.store(grad_x_ptr + offs * DX + 2, gx2, mask=mask)
+    if DX == 4:
+        tl.store(grad_x_ptr + offs * DX + 3, gx3, mask=mask)
 
 
 @triton.jit
 def double_backward_kernel(
     x_ptr,
-    params_ptr,
+    pa_ptr,
+    pb_ptr,
     grad_out_ptr,
     v_ptr,
-    grad_params_ptr,
+    ga_ptr,
+    gb_ptr,
     grad_grad_out_ptr,
     N,
     scale_ptr,
     res_ptr,
-    size_ptr,
-    offset_ptr,
-    dense_ptr,
-    D: tl.constexpr,
+    size_a_ptr,
+    offset_a_ptr,
+    dense_a_ptr,
+    size_b_ptr,
+    offset_b_ptr,
+    dense_b_ptr,
+    DA: tl.constexpr,
+    DB: tl.constexpr,
     F: tl.constexpr,
     L: tl.constexpr,
     BLOCK: tl.constexpr,
     WANT_PARAMS: tl.constexpr,
     WANT_GRAD_OUT: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    level = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    """Given v = ∂L/∂(∂/∂x): table gradients and ∂L/∂grad_out of the input-gradient pass; programs: (level, block)."""
+    level = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    scale, res, size, offset, dense = _level(scale_ptr, res_ptr, size_ptr, offset_ptr, dense_ptr, level)
-    i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, D)
-    v0 = tl.load(v_ptr + offs * D + 0, mask=mask, other=0.0)
-    v1 = tl.load(v_ptr + offs * D + 1, mask=mask, other=0.0)
-    v2 = tl.load(v_ptr + offs * D + 2, mask=mask, other=0.0)
-    if D == 4:
-        v3 = tl.load(v_ptr + offs * D + 3, mask=mask, other=0.0)
+    mask2 = mask[:, None]
+    DX: tl.constexpr = DB if DB > 0 else DA
+    scale = tl.load(scale_ptr + level)
+    res = tl.load(res_ptr + level).to(tl.uint32)
+    i0, i1, i2, i3, f0, f1, f2, f3 = _position(x_ptr, offs, mask, scale, DX)
+    v0 = tl.load(v_ptr + offs * DX + 0, mask=mask, other=0.0)
+    v1 = tl.load(v_ptr + offs * DX + 1, mask=mask, other=0.0)
+    v2 = tl.load(v_ptr + offs * DX + 2, mask=mask, other=0.0)
+    if DX == 4:
+        v3 = tl.load(v_ptr + offs * DX + 3, mask=mask, other=0.0)
     else:
         v3 = tl.zeros([BLOCK], tl.float32)
-    feat = tl.arange(0, F)[None, :]
-    mask2 = mask[:, None]
-    g = tl.load(grad_out_ptr + (offs * (L * F) + level * F)[:, None] + feat, mask=mask2, other=0.0)  # (BLOCK, F)
-    acc = tl.zeros([BLOCK, F], tl.float32)
-    for c in tl.static_range(2**D):
-        index, a0, a1, a2, a3 = _corner(c, D, i0, i1, i2, i3, f0, f1, f2, f3, res, size, dense)
-        d0, d1, d2, d3 = _dweights(c, D, a0, a1, a2, a3, scale)
-        vw = (v0 * d0 + v1 * d1 + v2 * d2 + v3 * d3)[:, None]  # Σ_d v_d ∂w_c/∂x_d
-        address = ((offset + index) * F)[:, None] + feat
-        if WANT_PARAMS:
-            tl.atomic_add(grad_params_ptr + address, vw * g, mask=mask2, sem="relaxed")
-        if WANT_GRAD_OUT:
-            acc += vw * tl.load(params_ptr + address, mask=mask2, other=0.0)
+    out_address = (offs * (L * F) + level * F)[:, None] + tl.arange(0, F)[None, :]
+    g = tl.load(grad_out_ptr + out_address, mask=mask2, other=0.0)
+    size, offset, dense = _table(size_a_ptr, offset_a_ptr, dense_a_ptr, level)
+    acc = _second_order(
+        pa_ptr, ga_ptr, g, v0, v1, v2, v3, DA, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, scale,
+        mask2, WANT_PARAMS, WANT_GRAD_OUT,
+    )  # fmt: skip
+    if DB > 0:
+        size, offset, dense = _table(size_b_ptr, offset_b_ptr, dense_b_ptr, level)
+        acc += _second_order(
+            pb_ptr, gb_ptr, g, v0, v1, v2, v3, DB, F, i0, i1, i2, i3, f0, f1, f2, f3, res, size, offset, dense, scale,
+            mask2, WANT_PARAMS, WANT_GRAD_OUT,
+        )  # fmt: skip
     if WANT_GRAD_OUT:
-        tl.store(grad_grad_out_ptr + (offs * (L * F) + level * F)[:, None] + feat, acc, mask=mask2)
+        tl.store(grad_grad_out_ptr + out_address, acc, mask=mask2)

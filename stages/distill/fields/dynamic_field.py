@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stages.distill.fields import hash_grid_triton
 from stages.distill.fields.hash_grid_4d import HashGridEncoding
 
 __all__ = ["DynamicNeRFField", "FieldOutputs", "VanillaMLP"]
@@ -101,6 +102,16 @@ class DynamicNeRFField(nn.Module):
         """Summed grid features (N, L·F) of world points x (N, 3) in the box at times t (N,) in [0, 1]."""
         unit = ((x + self.bbox_radius) / (2 * self.bbox_radius)).clamp(0.0, 1.0)  # (N, 3) in [0, 1]
         xyzt = torch.cat([unit, t[:, None].to(unit.dtype)], dim=-1)  # (N, 4)
+        if self.grid_xyz.backend == "triton" and hash_grid_triton.available_for(xyzt):
+            # Both grids in one fused pass, summed in the kernel (same numbers as the two calls below).
+            return hash_grid_triton.encode_pair(
+                xyzt.float(),
+                self.grid_xyz.params,
+                self.grid_xyzt.params,
+                self.grid_xyz.level_tables(xyzt.device),
+                self.grid_xyzt.level_tables(xyzt.device),
+                self.grid_xyz.features_per_level,
+            )
         return self.grid_xyz(unit) + self.grid_xyzt(xyzt)
 
     def density(self, x: Tensor, t: Tensor) -> Tensor:

@@ -147,8 +147,9 @@ class HashGridEncoding(nn.Module):
         return self._tables[device]
 
     def _encode_level(self, x: Tensor, level: GridLevel) -> Tensor:
-        # 1. Grid position and fractional part, as tcnn's pos_fract: pos = x·s + 0.5.
-        pos = x * level.scale + 0.5  # (N, D)
+        # 1. Grid position and fractional part, as tcnn's pos_fract: pos = fmaf(s, x, 0.5), one rounding (the float32
+        # product is exact in float64; at 4096 cells a second rounding would move frac by up to 2^-12).
+        pos = (x.double() * level.scale + 0.5).to(x.dtype)  # (N, D)
         base = torch.floor(pos)
         frac = pos - base  # (N, D)
         grid = base.long()[:, None, :] + self.corners[None]  # (N, 2^D, D)

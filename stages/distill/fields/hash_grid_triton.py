@@ -11,6 +11,9 @@ tensors of the torch path, so memory is the points in and the features out:
   ∂L/∂params[c] += Σ_d v_d·∂w_c/∂x_d · g and ∂L/∂g = Σ_c (Σ_d v_d·∂w_c/∂x_d)·params[c]; the second derivative with
   respect to x itself is not formed (no parameter depends on the sample positions), as in tcnn.
 
+`encode_pair` runs the field's 3D and 4D grids in one pass and writes the sum of their features (the field
+adds them anyway), sharing each level's grid position between the two.
+
 Triton runs on CUDA tensors. CPU tensors take the kernels too when `TRITON_INTERPRET=1` is set (Triton's interpreter,
 used by the CPU tests), otherwise the caller falls back to the torch path (`available_for`).
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["LevelTables", "triton_available", "available_for", "encode"]
+__all__ = ["LevelTables", "triton_available", "available_for", "encode", "encode_pair"]
 
 BLOCK = 128
 """Points per program (benchmarks/hash_grid.py sweeps it)."""
@@ -104,150 +107,178 @@ def _kernels(interpret: bool):
     )
 
 
-def _launch_args(x: Tensor, tables: LevelTables) -> tuple:
-    return (tables.scale, tables.resolution, tables.size, tables.offset, tables.dense)
+@dataclass(frozen=True)
+class _Spec:
+    """What the kernels need besides the tensors: grid a (DA dims) and optional grid b (DB dims, 0 = none)."""
 
+    tables_a: LevelTables
+    tables_b: LevelTables | None
+    dims_a: int
+    dims_b: int
+    features: int
 
-def _check(x: Tensor, params: Tensor, features: int) -> None:
-    if x.dtype != torch.float32 or params.dtype != torch.float32:
-        raise TypeError(f"hash grid kernels take float32 points and params, got {x.dtype} and {params.dtype}")
-    if x.dim() != 2 or x.shape[1] not in (3, 4):
-        raise ValueError(f"points must be (N, 3) or (N, 4), got {tuple(x.shape)}")
-    if features < 1 or features & (features - 1):
-        raise ValueError(f"the kernels need a power-of-two features_per_level, got {features}")
+    @property
+    def levels(self) -> int:
+        return self.tables_a.num_levels
 
+    def args(self) -> tuple:
+        a, b = self.tables_a, self.tables_b if self.tables_b is not None else self.tables_a
+        return (a.scale, a.resolution, a.size, a.offset, a.dense, b.size, b.offset, b.dense)
 
-def _forward(x: Tensor, params: Tensor, tables: LevelTables, features: int) -> Tensor:
-    n, dims = x.shape
-    levels = tables.num_levels
-    out = torch.empty(n, levels * features, device=x.device, dtype=torch.float32)
-    if n == 0:
-        return out
-    forward_kernel = _kernels(not x.is_cuda)[0]
-    forward_kernel[(triton_cdiv(n), levels)](
-        x, params, out, n, *_launch_args(x, tables), D=dims, F=features, L=levels, BLOCK=BLOCK, num_warps=NUM_WARPS
-    )
-    return out
+    def constants(self) -> dict:
+        return dict(DA=self.dims_a, DB=self.dims_b, F=self.features, L=self.levels, BLOCK=BLOCK, num_warps=NUM_WARPS)
 
 
 def triton_cdiv(n: int) -> int:
     return (n + BLOCK - 1) // BLOCK
 
 
+def _forward(x: Tensor, pa: Tensor, pb: Tensor | None, spec: _Spec) -> Tensor:
+    n = x.shape[0]
+    out = torch.empty(n, spec.levels * spec.features, device=x.device, dtype=torch.float32)
+    if n > 0:
+        _kernels(not x.is_cuda)[0][(spec.levels, triton_cdiv(n))](
+            x, pa, pb if pb is not None else pa, out, n, *spec.args(), **spec.constants()
+        )
+    return out
+
+
 class _Encode(torch.autograd.Function):
-    """out = encode(x, params); differentiable twice through `_EncodeBackward`."""
+    """out = grid_a(x) (+ grid_b(x)); differentiable twice through `_EncodeBackward`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, params: Tensor, tables: LevelTables, features: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, params)
-        ctx.tables, ctx.features = tables, features
-        return _forward(x, params, tables, features)
+    def forward(ctx, x: Tensor, pa: Tensor, pb: Tensor | None, spec: _Spec) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, pa, pb)
+        ctx.spec = spec
+        return _forward(x, pa, pb, spec)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        x, params = ctx.saved_tensors
-        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x, grad_params = _EncodeBackward.apply(
-            grad_out.contiguous(), x, params, ctx.tables, ctx.features, need_x, need_params
-        )
-        return (grad_x if need_x else None), (grad_params if need_params else None), None, None
+        x, pa, pb = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        grad_x, grad_a, grad_b = _EncodeBackward.apply(grad_out.contiguous(), x, pa, pb, ctx.spec, need)
+        return (grad_x if need[0] else None), (grad_a if need[1] else None), (grad_b if need[2] else None), None
 
 
 class _EncodeBackward(torch.autograd.Function):
-    """(grad_out, x, params) → (∂/∂x, ∂/∂params); its own backward is the double backward of the encoding."""
+    """(grad_out, x, pa, pb) → (∂/∂x, ∂/∂pa, ∂/∂pb); its own backward is the double backward of the encoding."""
 
     @staticmethod
-    def forward(ctx, grad_out, x, params, tables, features, need_x, need_params):  # type: ignore[override]
-        ctx.save_for_backward(grad_out, x, params)
-        ctx.tables, ctx.features = tables, features
+    def forward(ctx, grad_out, x, pa, pb, spec: _Spec, need: tuple[bool, bool, bool]):  # type: ignore[override]
+        ctx.save_for_backward(grad_out, x, pa, pb)
+        ctx.spec = spec
         ctx.set_materialize_grads(False)
-        n, dims = x.shape
-        levels = tables.num_levels
+        n = x.shape[0]
         kernels = _kernels(not x.is_cuda)
         grad_x = torch.zeros_like(x)
-        grad_params = torch.zeros_like(params)
-        if n > 0 and need_params:
-            kernels[1][(triton_cdiv(n), levels)](
-                x,
-                grad_out,
-                grad_params,
-                n,
-                *_launch_args(x, tables),
-                D=dims,
-                F=features,
-                L=levels,
-                BLOCK=BLOCK,
-                num_warps=NUM_WARPS,
+        grad_a = torch.zeros_like(pa)
+        grad_b = torch.zeros_like(pb) if pb is not None else None
+        if n > 0 and (need[1] or need[2]):
+            kernels[1][(spec.levels, triton_cdiv(n))](
+                x, grad_out, grad_a, grad_b if grad_b is not None else grad_a, n, *spec.args(), **spec.constants()
             )
-        if n > 0 and need_x:
+        if n > 0 and need[0]:
             kernels[2][(triton_cdiv(n),)](
-                x,
-                params,
-                grad_out,
-                grad_x,
-                n,
-                *_launch_args(x, tables),
-                D=dims,
-                F=features,
-                L=levels,
-                BLOCK=BLOCK,
-                num_warps=NUM_WARPS,
+                x, pa, pb if pb is not None else pa, grad_out, grad_x, n, *spec.args(), **spec.constants()
             )
-        return grad_x, grad_params
+        return grad_x, grad_a, grad_b
 
     @staticmethod
-    def backward(ctx, v_x: Tensor | None, v_params: Tensor | None):  # type: ignore[override]
-        grad_out, x, params = ctx.saved_tensors
-        tables, features = ctx.tables, ctx.features
-        n, dims = x.shape
-        levels = tables.num_levels
-        want_params = ctx.needs_input_grad[2] and v_x is not None
+    def backward(ctx, v_x: Tensor | None, v_a: Tensor | None, v_b: Tensor | None):  # type: ignore[override]
+        grad_out, x, pa, pb = ctx.saved_tensors
+        spec: _Spec = ctx.spec
+        n = x.shape[0]
+        want_params = v_x is not None and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
         want_grad_out = ctx.needs_input_grad[0]
-        grad_params = torch.zeros_like(params) if want_params else None
+        grad_a = torch.zeros_like(pa) if want_params else None
+        grad_b = torch.zeros_like(pb) if want_params and pb is not None else None
         grad_grad_out = None
         if want_grad_out:
-            # ∂L/∂g from the params' gradient (rarely used: a penalty on ∂/∂params) is the forward with v_params as
-            # the table; from the input gradient it is the double backward kernel's second output.
-            grad_grad_out = (
-                _forward(x, v_params.contiguous(), tables, features)
-                if v_params is not None
-                else torch.zeros_like(grad_out)
-            )
+            # From the tables' gradients (rare: a penalty on ∂/∂params) ∂L/∂g is the forward with v as the tables;
+            # from the input gradient it is the double backward kernel's second output.
+            grad_grad_out = torch.zeros_like(grad_out)
+            if v_a is not None or v_b is not None:
+                va = v_a.contiguous() if v_a is not None else torch.zeros_like(pa)
+                vb = None if pb is None else (v_b.contiguous() if v_b is not None else torch.zeros_like(pb))
+                grad_grad_out = _forward(x, va, vb, spec)
         if v_x is not None and n > 0 and (want_params or want_grad_out):
-            scratch = torch.empty_like(grad_out) if want_grad_out else grad_out  # unused pointer when not wanted
-            _kernels(not x.is_cuda)[3][(triton_cdiv(n), levels)](
+            scratch = torch.empty_like(grad_out) if want_grad_out else grad_out  # not written unless wanted
+            ga = grad_a if grad_a is not None else pa  # not written unless wanted
+            _kernels(not x.is_cuda)[3][(spec.levels, triton_cdiv(n))](
                 x,
-                params,
+                pa,
+                pb if pb is not None else pa,
                 grad_out,
                 v_x.contiguous(),
-                grad_params if want_params else params,
+                ga,
+                grad_b if grad_b is not None else ga,
                 scratch,
                 n,
-                *_launch_args(x, tables),
-                D=dims,
-                F=features,
-                L=levels,
-                BLOCK=BLOCK,
-                num_warps=NUM_WARPS,
+                *spec.args(),
+                **spec.constants(),
                 WANT_PARAMS=want_params,
                 WANT_GRAD_OUT=want_grad_out,
             )
             if want_grad_out:
                 grad_grad_out = grad_grad_out + scratch
-        return grad_grad_out, None, grad_params, None, None, None, None
+        return grad_grad_out, None, grad_a, grad_b, None, None
+
+
+def _check(x: Tensor, params: list[Tensor], features: int) -> None:
+    if x.dtype != torch.float32 or any(p.dtype != torch.float32 for p in params):
+        dtypes = ", ".join(str(t.dtype) for t in (x, *params))
+        raise TypeError(f"hash grid kernels take float32 points and params, got {dtypes}")
+    if x.dim() != 2 or x.shape[1] not in (3, 4):
+        raise ValueError(f"points must be (N, 3) or (N, 4), got {tuple(x.shape)}")
+    if features < 1 or features & (features - 1):
+        raise ValueError(f"the kernels need a power-of-two features_per_level, got {features}")
 
 
 def encode(x: Tensor, params: Tensor, tables: LevelTables, features_per_level: int) -> Tensor:
-    """Encode points with the fused kernels.
+    """Encode points with one grid.
 
     Args:
         x: (N, D) float32 in [0, 1]^D, D = 3 or 4, on CUDA (or CPU under TRITON_INTERPRET=1).
         params: the flat float32 tables (level-major, entry, feature), as `HashGridEncoding.params`.
         tables: the level geometry on x's device.
-        features_per_level: F.
+        features_per_level: F, a power of two.
 
     Returns:
         (N, L·F) float32 features, level-major; differentiable w.r.t. x and params, twice.
     """
-    _check(x, params, features_per_level)
-    return _Encode.apply(x.contiguous(), params, tables, features_per_level)
+    _check(x, [params], features_per_level)
+    spec = _Spec(tables, None, x.shape[1], 0, features_per_level)
+    return _Encode.apply(x.contiguous(), params, None, spec)
+
+
+def encode_pair(
+    xyzt: Tensor,
+    params_xyz: Tensor,
+    params_xyzt: Tensor,
+    tables_xyz: LevelTables,
+    tables_xyzt: LevelTables,
+    features_per_level: int,
+) -> Tensor:
+    """HashGrid3D(x, y, z) + HashGrid4D(x, y, z, t) in one pass (the dynamic field's encoding).
+
+    The two grids must share the number of levels and the level scales (same base resolution and growth), as the
+    paper's do; each keeps its own tables.
+
+    Args:
+        xyzt: (N, 4) float32 in [0, 1]^4.
+        params_xyz, params_xyzt: the 3D and the 4D grid's flat tables.
+        tables_xyz, tables_xyzt: their level geometry on xyzt's device.
+        features_per_level: F of both grids.
+
+    Returns:
+        (N, L·F) float32, the sum of both grids' features; differentiable w.r.t. xyzt and both tables, twice.
+    """
+    _check(xyzt, [params_xyz, params_xyzt], features_per_level)
+    if xyzt.shape[1] != 4:
+        raise ValueError(f"encode_pair takes (N, 4) points, got {tuple(xyzt.shape)}")
+    if not (
+        torch.equal(tables_xyz.scale, tables_xyzt.scale) and torch.equal(tables_xyz.resolution, tables_xyzt.resolution)
+    ):
+        raise ValueError("encode_pair needs two grids with the same level scales")
+    spec = _Spec(tables_xyz, tables_xyzt, 3, 4, features_per_level)
+    return _Encode.apply(xyzt.contiguous(), params_xyz, params_xyzt, spec)
