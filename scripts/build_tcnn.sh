@@ -5,8 +5,8 @@
 # Usage: scripts/build_tcnn.sh SRC_DIR SITE_DIR      patch SRC_DIR, build, install into SITE_DIR
 #        scripts/build_tcnn.sh --patch-only SRC_DIR  only patch SRC_DIR (no CUDA needed)
 # Environment: TCNN_CUDA_ARCHITECTURES (default 90: H100; e.g. "80;86;90"), MAX_JOBS (default: all cores),
-#   PYTHON (default python3: the interpreter whose torch the extension is built against; it needs setuptools and
-#   ninja, and nvcc of the CUDA major version that torch was built with).
+#   PYTHON (default python3: the interpreter whose torch the extension is built against; it needs setuptools<82
+#   (setup.py imports pkg_resources) and ninja, and nvcc of the CUDA major version that torch was built with).
 # Then: export PYTHONPATH=SITE_DIR:$PYTHONPATH. ~180 s on 16 cores for one architecture (platform notes §8).
 #
 # The patch: as built against torch 2.11 / CUDA 13, every hash-grid forward segfaulted inside
@@ -67,7 +67,10 @@ PATCH
 # 2. Build and install the bindings into SITE_DIR.
 SITE=$2
 command -v nvcc >/dev/null || die "nvcc not found: the build needs the CUDA toolkit (in Docker: a -devel base image)"
-"$PYTHON" -c "import setuptools, torch" 2>/dev/null || die "$PYTHON cannot import torch and setuptools"
+"$PYTHON" -c "import torch" 2>/dev/null || die "$PYTHON cannot import torch"
+# tiny-cuda-nn@6ee3546's setup.py imports pkg_resources, which setuptools 82 removed.
+"$PYTHON" -W ignore -c "import pkg_resources" 2>/dev/null \
+    || die "$PYTHON has no pkg_resources (tiny-cuda-nn's setup.py imports it): install setuptools<82, e.g. 81.0.0"
 ARCHS=${TCNN_CUDA_ARCHITECTURES:-90}
 JOBS=${MAX_JOBS:-$(nproc)}
 # The extension links -lcuda. Where no driver is installed (docker build), the toolkit's stub library stands in;
@@ -79,7 +82,7 @@ SITE=$(cd "$SITE" && pwd)
 echo "build_tcnn.sh: building tinycudann for sm_${ARCHS//;/,sm_} with $JOBS jobs into $SITE"
 start=$SECONDS
 (cd "$SRC/bindings/torch" && TCNN_CUDA_ARCHITECTURES=$ARCHS MAX_JOBS=$JOBS "$PYTHON" -m pip install \
-    --no-build-isolation --no-deps --no-cache-dir --upgrade --target "$SITE" .)
+    --no-index --no-build-isolation --no-deps --no-cache-dir --upgrade --target "$SITE" .)
 [ -f "$SITE/tinycudann/__init__.py" ] || die "no tinycudann package in $SITE after the build"
 for arch in ${ARCHS//[;,]/ }; do
     compgen -G "$SITE/tinycudann_bindings/_${arch}_C*.so" >/dev/null || die "no extension for sm_$arch in $SITE"
