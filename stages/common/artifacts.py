@@ -31,6 +31,7 @@ __all__ = [
     "PreprocessManifest",
     "MvgenManifest",
     "DistillManifest",
+    "MeshSequence",
     "RenderManifest",
     "EvalManifest",
     "SkippedMetric",
@@ -216,6 +217,35 @@ class MvgenManifest(Manifest):
     """Playback rate, copied from the preprocess manifest."""
 
 
+class MeshSequence(BaseModel):
+    """Per-timestamp meshes of a distill artifact: marching cubes of the field's density, vertex colours from its
+    rgb (stages/distill/README.md, `mesh` config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    templates: dict[Literal["obj", "glb"], str]
+    """Path of frame `frame`'s mesh per format relative to the artifact directory, e.g.
+    `{"obj": "meshes/mesh_{frame:05d}.obj"}`; frame f is the field at t = f / (num_frames − 1)."""
+    num_frames: int
+    threshold: float
+    """Density (per world unit) of the extracted surface."""
+    resolution: int
+    """Density samples per side of the grid over the scene box."""
+    num_vertices: list[int]
+    """Per frame; 0 where the density never reaches the threshold (the files are then valid, empty meshes)."""
+    num_faces: list[int]
+    """Triangles per frame."""
+    axes: str = "file (X, Y, Z) = world (y, z, x): +Y up, the input camera (azimuth 0) on +Z looking down −Z (glTF)"
+    """How file coordinates relate to the z-up world of the cameras (stages/common/cameras.py)."""
+
+    def frame_path(self, directory: Path, fmt: Literal["obj", "glb"], frame: int) -> Path:
+        return Path(directory) / self.templates[fmt].format(frame=frame)
+
+    def file_list(self) -> list[str]:
+        """Every mesh file, relative paths, format by format."""
+        return [t.format(frame=f) for t in self.templates.values() for f in range(self.num_frames)]
+
+
 class DistillManifest(Manifest):
     """Written by stages.distill (the dynamic NeRF and its renders); read by stages.eval."""
 
@@ -243,6 +273,8 @@ class DistillManifest(Manifest):
     metrics: dict[str, float] = {}
     """Final training terms and PSNRs (`psnr/anchor`: anchor view vs the mvgen anchor video; `psnr/input_view`:
     input camera vs the preprocessed input frames)."""
+    meshes: MeshSequence | None = None
+    """Per-timestamp meshes, written only when the config's `mesh.enabled` is on."""
 
 
 class RenderManifest(Manifest):

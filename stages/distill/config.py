@@ -18,6 +18,7 @@ __all__ = [
     "GuidanceConfig",
     "LossWeights",
     "OptimizerConfig",
+    "MeshConfig",
 ]
 
 
@@ -141,6 +142,19 @@ class OptimizerConfig(SubConfig):
     """Decoupled weight decay (torch's AdamW default 0.01, kept by the official config)."""
 
 
+class MeshConfig(SubConfig):
+    """Optional per-timestamp mesh export: marching cubes of the density, colours from the field (README)."""
+
+    enabled: bool = False
+    """Write `meshes/mesh_{frame:05d}.{obj,glb}` for every timestamp (off: no mesh files)."""
+    formats: tuple[Literal["obj", "glb"], ...] = Field(("obj", "glb"), min_length=1)
+    """File formats to write: `obj` (with per-vertex colours) and/or `glb` (glTF 2.0 binary)."""
+    resolution: int = Field(128, ge=8, le=1024)
+    """Density samples per side of the grid over the scene box (threestudio's default 128; 256 for detail)."""
+    threshold: float = Field(25.0, gt=0.0)
+    """Density (per world unit) of the surface (threestudio's NeRF default 25; lower it if the mesh has holes)."""
+
+
 class DistillConfig(StageConfig):
     """Optimise a dynamic NeRF from the mvgen anchor videos and 4DM guidance (paper §3.3, spec §4–5)."""
 
@@ -165,6 +179,8 @@ class DistillConfig(StageConfig):
     preview_segments: int = Field(8, ge=1)
     """Orbit preview: this many segments of F frames at a fixed azimuth then F frames turning 360°/segments while
     time plays (the official test trajectory: 8 segments, 128 frames for F = 8)."""
+    mesh: MeshConfig = MeshConfig()
+    """Per-timestamp mesh export (off by default)."""
     log_every_steps: int = Field(50, ge=1)
     """Steps between MLflow metric logs."""
     validate_every_steps: int = Field(1000, ge=1)
