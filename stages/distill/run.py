@@ -27,7 +27,7 @@ from stages.common.lpips import LPIPSVGG, load_lpips_vgg
 from stages.common.seeding import deterministic_algorithms, make_generator, seed_everything
 from stages.common.tracking import stage_run
 from stages.distill.config import DistillConfig
-from stages.distill.export import orbit_trajectory, render_rgba, save_field
+from stages.distill.export import export_meshes, orbit_trajectory, render_rgba, require_mesh_libraries, save_field
 from stages.distill.guidance import FourDMGuidance
 from stages.distill.trainer import AnchorTarget, Trainer, build_field, field_kwargs
 from stages.mvgen import load_fourdm
@@ -74,6 +74,8 @@ def run(
     if config.cameras.anchor_view >= views.num_views:
         raise StageError(f"cameras.anchor_view {config.cameras.anchor_view} but mvgen has {views.num_views} views")
     device = resolve_device(config.device)
+    if config.mesh.enabled:
+        require_mesh_libraries()  # before the optimisation, not after it
     seed_everything(config.seed)
     prompt = mvgen.prompt or source.prompt or config.guidance.fallback_prompt
 
@@ -199,6 +201,17 @@ def run(
             preview_file = manifest_fields["preview_file"].default
             write_preview_video(tmp / preview_file, preview, mvgen.fps or 8.0)
             files.append(preview_file)
+            meshes = None
+            if config.mesh.enabled:
+                meshes = export_meshes(
+                    tmp,
+                    field,
+                    [float(t) for t in trainer.times],
+                    resolution=config.mesh.resolution,
+                    threshold=config.mesh.threshold,
+                    formats=config.mesh.formats,
+                )
+                files += meshes.file_list()
             manifest = DistillManifest(
                 subject=mvgen.subject,
                 files=files,
@@ -211,6 +224,7 @@ def run(
                 prompt=prompt,
                 fps=mvgen.fps,
                 metrics=metrics,
+                meshes=meshes,
             )
             manifest.write(tmp)
         tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("psnr/")}, step=trainer.step)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from stages.common.config import load_config
 from stages.common.errors import StageError
 from stages.common.image_io import read_rgba
 from stages.distill import DistillConfig, run
-from stages.distill.export import load_field
+from stages.distill.config import MeshConfig
+from stages.distill.export import MESH_AXES, load_field
 from tests.distill.tiny import REPO, make_upstream
 
 TINY = load_config(DistillConfig, REPO / "configs/tiny/distill.yaml")
@@ -58,6 +60,7 @@ def test_stage_writes_field_renders_for_eval_and_preview(upstream, tmp_path, mlf
     assert alpha[8, 8] > 200 and alpha[0, 0] < 50
     assert read_rgba(out / m.input_view_template.format(frame=3)).shape == (16, 16, 4)
     assert (out / m.preview_file).stat().st_size > 0
+    assert m.meshes is None and not (out / "meshes").exists()  # mesh export is off by default
     assert {
         "loss/sds",
         "loss/anchor_lpips",
@@ -129,4 +132,27 @@ def test_cli_missing_lpips_weights_is_one_clear_line(upstream, tmp_path, capsys)
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: LPIPS weights not found") and "vgg16-397923af.pth" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_mesh_export_writes_one_mesh_per_timestamp_into_the_manifest(upstream, tmp_path):
+    trimesh = pytest.importorskip("trimesh")
+    config = TINY.model_copy(update={"mesh": MeshConfig(enabled=True, resolution=16, threshold=5.0)})
+    m = run_tiny(upstream, tmp_path / "out", config=config)
+    assert m == DistillManifest.load(tmp_path / "out") and m.meshes is not None
+    assert m.meshes.num_frames == m.renders.num_frames == 4 and set(m.meshes.file_list()) <= set(m.files)
+    # Two steps barely move the field from its blob: softplus(10·(1 − r/0.5)) = 5 at r = 0.2503.
+    voxel = 2.0 / 15
+    for f in range(4):
+        mesh = trimesh.load(str(m.meshes.frame_path(tmp_path / "out", "obj", f)), process=False)
+        assert len(mesh.vertices) == m.meshes.num_vertices[f] > 0
+        assert np.abs(np.linalg.norm(mesh.vertices @ MESH_AXES, axis=1) - 0.2503).max() < voxel
+        assert (tmp_path / "out" / m.meshes.templates["glb"].format(frame=f)).stat().st_size > 0
+
+
+def test_mesh_export_without_pymcubes_fails_before_training(upstream, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mcubes", None)  # import mcubes raises ImportError
+    config = TINY.model_copy(update={"mesh": MeshConfig(enabled=True)})
+    with pytest.raises(StageError, match="mesh.enabled needs PyMCubes"):
+        run_tiny(upstream, tmp_path / "out", config=config)
     assert not (tmp_path / "out").exists()
