@@ -73,7 +73,7 @@ AMP = 1.0  # table values U(−AMP, AMP): features of order 1, so absolute toler
 BUILD_HINT = (
     "tinycudann cannot be imported ({err}). It is not on PyPI; build it from source (needs nvcc, ~3 min on 16 cores): "
     "scripts/assemble_tcnn.sh .carry/tcnn (needs GitHub; once) && scripts/build_tcnn.sh .carry/tcnn /tmp/tcnn-site "
-    "&& export PYTHONPATH=/tmp/tcnn-site:$PYTHONPATH (stages/distill/README.md, 'tcnn backend')."
+    "&& export PYTHONPATH=/tmp/tcnn-site:$PYTHONPATH (stages/distill/tcnn.md)."
 )
 
 
