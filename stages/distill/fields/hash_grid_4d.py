@@ -49,7 +49,7 @@ def grid_levels(
     num_dims: int, num_levels: int, log2_hashmap_size: int, base_resolution: int, per_level_scale: float
 ) -> list[GridLevel]:
     """The per-level layout tcnn computes in `GridEncodingTemplated`'s constructor (module docstring)."""
-    log2_scale = np.float32(math.log2(per_level_scale))
+    log2_scale = np.float32(math.log2(np.float32(per_level_scale)))  # tcnn: std::log2 of the float field
     levels, offset = [], 0
     for level in range(num_levels):
         scale = float(np.exp2(np.float32(level) * log2_scale) * np.float32(base_resolution) - np.float32(1.0))

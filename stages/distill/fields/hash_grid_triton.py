@@ -9,7 +9,8 @@ tensors of the torch path, so memory is the points in and the features out:
   analytic normals, loops over the levels inside one program so it needs no atomics;
 - double backward (the orientation loss differentiates the normals, which are an input gradient): given v = ∂L/∂(dx),
   ∂L/∂params[c] += Σ_d v_d·∂w_c/∂x_d · g and ∂L/∂g = Σ_c (Σ_d v_d·∂w_c/∂x_d)·params[c]; the second derivative with
-  respect to x itself is not formed (no parameter depends on the sample positions), as in tcnn.
+  respect to x itself is not formed (tcnn forms it; here no parameter depends on the sample positions, so no
+  gradient that the optimisation uses needs it).
 
 `encode_pair` runs the field's 3D and 4D grids in one pass and writes the sum of their features (the field
 adds them anyway), sharing each level's grid position between the two.
