@@ -14,6 +14,11 @@ conditioned on the input video, the text and the cameras. Per call (threestudio
    x̂0 ← r·x̂0·std(x̂0_c)/std(x̂0) + (1 − r)·x̂0 over all latents (r = 0.2);
 6. L = ½‖z − sg(x̂0)‖² summed, divided by the number of latents (F·V).
 Only the public API of stages.mvgen is used: `FourDMPipeline`'s components and encoders.
+
+Memory option `vae_chunk` > 0: step 1 runs without autograd (the UNet needs every latent before any gradient
+exists), and the gradient w.r.t. the renders, (z − x̂0)/N pulled back through the encoder, is computed by
+re-encoding `vae_chunk` renders at a time with autograd (same posterior noise). The returned loss has the same
+value and the same gradient w.r.t. the renders; only the encoder's activations of one chunk are alive at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stages.common.cameras import fourdm_camera_vectors
+from stages.distill.host import to_device
 from stages.mvgen import FourDMPipeline
 
 __all__ = ["FourDMGuidance", "SDSOutput", "GuidanceConditioning", "OFFICIAL_SDS_NEGATIVE_PROMPT"]
@@ -71,6 +77,7 @@ class FourDMGuidance:
         self.pipe, self.guidance_scale, self.std_rescale = pipe, guidance_scale, std_rescale
         vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         self.image_size = pipe.unet.config.sample_size * vae_factor
+        self.latent_size = pipe.unet.config.sample_size
         alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
         self.alphas_cumprod = alphas
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
@@ -96,12 +103,27 @@ class FourDMGuidance:
             ref_latents=self.pipe.encode_latents(frames, generator),
         )
 
+    def offload_encoders(self) -> None:
+        """Move the text and image encoders to the CPU: the SDS needs only the UNet and the VAE once `prepare` has
+        run (call it after `prepare`; move them back before preparing again)."""
+        self.pipe.text_encoder.to("cpu")
+        self.pipe.image_encoder.to("cpu")
+
+    def posterior_noise(self, count: int, generator: torch.Generator | None) -> Tensor:
+        """(count, C, h, w) float32 standard normal draws for the posterior samples of `count` renders (CPU)."""
+        shape = (count, self.pipe.vae.config.latent_channels, self.latent_size, self.latent_size)
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+
     def encode(self, rgb: Tensor, generator: torch.Generator | None) -> Tensor:
         """(N, 3, H, W) renders in [0, 1] → (N, C, h, w) latents z = s·E(2·rgb − 1), with gradients."""
+        return self.encode_with_noise(rgb, self.posterior_noise(rgb.shape[0], generator))
+
+    def encode_with_noise(self, rgb: Tensor, noise: Tensor) -> Tensor:
+        """`encode` with given posterior draws (N, C, h, w): z = s·(μ + σ·noise)."""
         vae = self.pipe.vae
         x = F.interpolate(rgb, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         posterior = vae.encode((x * 2.0 - 1.0).to(vae.dtype)).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32).to(posterior.mean)
+        noise = to_device(noise, posterior.mean.device).to(posterior.mean.dtype)
         return (posterior.mean + posterior.std * noise).float() * vae.config.scaling_factor
 
     def __call__(
@@ -114,6 +136,7 @@ class FourDMGuidance:
         min_step: int,
         max_step: int,
         generator: torch.Generator,
+        vae_chunk: int = 0,
     ) -> SDSOutput:
         """SDS on renders (module docstring).
 
@@ -123,16 +146,30 @@ class FourDMGuidance:
             azimuths_deg: the V views' azimuths (our convention); elevation_deg: their shared elevation.
             min_step, max_step: inclusive range of the timestep.
             generator: CPU generator for t, ε and the posterior sample (reproducible, resumable).
+            vae_chunk: 0 encodes with one autograd graph; > 0 re-encodes this many renders at a time for the
+                gradient (module docstring; same value and gradient).
         """
         num_frames, num_views = rgb.shape[:2]
         slots = num_views + 1  # + reference slot
         device, dtype = self.device, self.pipe.dtype
         # 1. Latents of the renders, rows (f v).
-        z = self.encode(rgb.reshape(num_frames * num_views, *rgb.shape[2:]), generator)  # (F·V, C, h, w)
+        flat = rgb.reshape(num_frames * num_views, *rgb.shape[2:])
+        posterior_noise = self.posterior_noise(flat.shape[0], generator)
+        chunked = vae_chunk > 0 and rgb.requires_grad
+        if chunked:
+            with torch.no_grad():
+                z = torch.cat(
+                    [
+                        self.encode_with_noise(flat[i : i + vae_chunk], posterior_noise[i : i + vae_chunk])
+                        for i in range(0, flat.shape[0], vae_chunk)
+                    ]
+                )
+        else:
+            z = self.encode_with_noise(flat, posterior_noise)  # (F·V, C, h, w)
         # 2. One timestep, independent noise per latent.
         t = int(torch.randint(min_step, max_step + 1, (1,), generator=generator))
-        noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(device)
-        alpha = self.alphas_cumprod[t].to(device)
+        noise = to_device(torch.randn(z.shape, generator=generator, dtype=torch.float32), device)
+        alpha = to_device(self.alphas_cumprod[t], device)
         with torch.no_grad():
             z_t = alpha.sqrt() * z.detach() + (1 - alpha).sqrt() * noise
             # 3. Both branches, rows (b f v); the reference slot's latent is overwritten inside the UNet.
@@ -144,7 +181,7 @@ class FourDMGuidance:
             tokens = cond.image_tokens.repeat_interleave(slots, dim=0)  # (F·(V+1), 257, E), frame f's tokens
             tokens = torch.cat([tokens, torch.zeros_like(tokens)])
             ip_latents = torch.cat([cond.ref_latents, torch.zeros_like(cond.ref_latents)])
-            camera = torch.from_numpy(fourdm_camera_vectors(azimuths_deg, elevation_deg)).to(device)
+            camera = to_device(torch.from_numpy(fourdm_camera_vectors(azimuths_deg, elevation_deg)), device)
             camera = camera.repeat(2 * num_frames, 1)  # (2·F·(V+1), 16)
             timestep = torch.full((2 * rows,), t, device=device, dtype=torch.long)
             eps = self.pipe.unet(
@@ -169,4 +206,19 @@ class FourDMGuidance:
                 x0 = self.std_rescale * x0 * factor + (1 - self.std_rescale) * x0
         # 6. x0-reconstruction loss; its gradient w.r.t. z is (z − x̂0)/N.
         loss = 0.5 * F.mse_loss(z, x0, reduction="sum") / z.shape[0]
+        if chunked:
+            grad = self._chunked_gradient(flat, posterior_noise, x0, vae_chunk)
+            pulled = (flat * grad).sum()
+            loss = loss + (pulled - pulled.detach())  # the same value; gradient w.r.t. the renders = grad
         return SDSOutput(loss=loss, target=x0, latents=z, timestep=t)
+
+    def _chunked_gradient(self, flat: Tensor, posterior_noise: Tensor, x0: Tensor, chunk: int) -> Tensor:
+        """∂L/∂renders (N, 3, H, W) of L = ½‖E(renders) − x̂0‖²/N, re-encoding `chunk` renders at a time."""
+        grad = torch.empty_like(flat)
+        with torch.enable_grad():
+            for i in range(0, flat.shape[0], chunk):
+                leaf = flat[i : i + chunk].detach().requires_grad_(True)
+                z = self.encode_with_noise(leaf, posterior_noise[i : i + chunk])
+                part = 0.5 * F.mse_loss(z, x0[i : i + chunk], reduction="sum") / flat.shape[0]
+                (grad[i : i + chunk],) = torch.autograd.grad(part, leaf)
+        return grad
