@@ -17,7 +17,15 @@ from torch import Tensor
 
 from stages.common.lpips import LPIPSVGG
 
-__all__ = ["ssim", "anchor_loss", "sparsity_loss", "opaque_loss", "orientation_loss", "gaussian_window"]
+__all__ = [
+    "ssim",
+    "anchor_loss",
+    "anchor_loss_terms",
+    "sparsity_loss",
+    "opaque_loss",
+    "orientation_loss",
+    "gaussian_window",
+]
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
@@ -53,6 +61,22 @@ def anchor_loss(
     dssim = 1.0 - ssim(render, target)
     total = lpips_weight * perceptual + dssim_weight * dssim
     return total, {"anchor_lpips": float(perceptual.detach()), "anchor_dssim": float(dssim.detach())}
+
+
+def anchor_loss_terms(
+    render: Tensor, target: Tensor, lpips: LPIPSVGG | None, *, lpips_weight: float, dssim_weight: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The trainer's anchor loss: `anchor_loss` with the unweighted terms as detached 0-d tensors (no host sync),
+    the perceptual term left out when `lpips_weight` is 0 (`lpips` may then be None)."""
+    dssim = 1.0 - ssim(render, target)
+    parts = {"anchor_dssim": dssim.detach()}
+    if lpips_weight > 0:
+        if lpips is None:
+            raise ValueError("anchor_loss_terms: lpips_weight > 0 needs the LPIPS network")
+        perceptual = lpips(render, target).mean()
+        parts = {"anchor_lpips": perceptual.detach(), **parts}
+        return lpips_weight * perceptual + dssim_weight * dssim, parts
+    return dssim_weight * dssim, parts
 
 
 def sparsity_loss(opacity: Tensor) -> Tensor:

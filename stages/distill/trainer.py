@@ -8,9 +8,11 @@ step, so a run resumed from a checkpoint continues bit for bit as if it had neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +29,18 @@ from stages.distill.cameras import Rays, camera_rays, sample_sds_views
 from stages.distill.config import DistillConfig, OptimizerConfig
 from stages.distill.fields import DynamicNeRFField
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
-from stages.distill.losses import anchor_loss, opaque_loss, orientation_loss, sparsity_loss, ssim
-from stages.distill.renderer import OccupancyGrid, RenderOutput, render_rays, step_size_for
+from stages.distill.host import to_device
+from stages.distill.losses import anchor_loss_terms, opaque_loss, orientation_loss, sparsity_loss
+from stages.distill.renderer import (
+    DeferredRender,
+    OccupancyGrid,
+    RaySamples,
+    RenderOutput,
+    composite,
+    deferred_from_samples,
+    sample_rays,
+    step_size_for,
+)
 
 __all__ = [
     "Trainer",
@@ -37,6 +49,7 @@ __all__ = [
     "field_kwargs",
     "build_optimizer",
     "build_occupancy",
+    "metrics_to_floats",
     "CHECKPOINT_FILE",
 ]
 
@@ -95,6 +108,14 @@ def build_occupancy(cfg: DistillConfig) -> OccupancyGrid:
     )
 
 
+def metrics_to_floats(metrics: dict[str, Tensor | float]) -> dict[str, float]:
+    """Logged terms as Python floats: the tensors are read from the device in one transfer."""
+    names = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+    values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).tolist() if names else []
+    floats = dict(zip(names, values, strict=True))
+    return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
+
+
 class Trainer:
     """Owns the field, optimiser, occupancy grid, generator and step; `train_step` runs one iteration.
 
@@ -131,21 +152,31 @@ class Trainer:
         self.optimizer = build_optimizer(field, config.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+        self.timings: dict[str, float] | None = None
+        """Set to a dict to accumulate seconds per part of the iteration (profiling: synchronises the device)."""
+        self.render_stats: dict[str, dict[str, int]] = {}
+        """Per render kind ("sds", "orient", "anchor", "render"): rays, kept samples, candidates in occupied cells
+        and candidates the pruning pass evaluated, of the last such render."""
+        if guidance is not None and config.guidance.offload_encoders:
+            guidance.offload_encoders()
 
     # -- rendering ------------------------------------------------------------------------------------------
 
-    def render(
-        self, cameras: list[OrbitCamera], times: list[float], size: int, *, stratified: bool, with_orient: bool = False
-    ) -> RenderOutput:
-        """Render every (time, camera) pair, rays ordered (time, camera, row, column)."""
-        r = self.config.renderer
+    def _rays(self, cameras: list[OrbitCamera], times: list[float], size: int) -> tuple[Rays, Tensor]:
+        """Rays of every (time, camera) pair ordered (time, camera, row, column), and each ray's time."""
         per_camera = [camera_rays(c, size, self.device) for c in cameras]
         origins = torch.cat([p.origins for p in per_camera]).repeat(len(times), 1)
         directions = torch.cat([p.directions for p in per_camera]).repeat(len(times), 1)
-        ray_times = torch.tensor(times, device=self.device).repeat_interleave(len(cameras) * size * size)
-        return render_rays(
+        ray_times = to_device(torch.tensor(times), self.device).repeat_interleave(len(cameras) * size * size)
+        return Rays(origins, directions), ray_times
+
+    def _sample(
+        self, rays: Rays, ray_times: Tensor, *, stratified: bool, with_values: bool, with_rgb: bool, kind: str
+    ) -> RaySamples:
+        r = self.config.renderer
+        samples = sample_rays(
             self.field,
-            Rays(origins, directions),
+            rays,
             ray_times,
             self.occupancy,
             step_size=self.step_size,
@@ -153,24 +184,122 @@ class Trainer:
             early_stop_eps=r.early_stop_eps,
             generator=self.generator if stratified else None,
             chunk=r.march_chunk,
-            with_orient=with_orient,
+            eval_chunk=r.eval_chunk,
+            early_stop_block=r.early_stop_block,
+            with_values=with_values,
+            with_rgb=with_rgb,
         )
+        self.render_stats[kind] = {
+            "rays": samples.num_rays,
+            "samples": int(samples.ray_ids.numel()),
+            "candidates": samples.num_candidates,
+            "evaluated": samples.num_evaluated,
+        }
+        return samples
+
+    def render(
+        self,
+        cameras: list[OrbitCamera],
+        times: list[float],
+        size: int,
+        *,
+        stratified: bool,
+        with_orient: bool = False,
+        kind: str = "render",
+    ) -> RenderOutput:
+        """Render every (time, camera) pair with autograd, rays ordered (time, camera, row, column); its sample
+        counts go to `render_stats[kind]`."""
+        rays, ray_times = self._rays(cameras, times, size)
+        samples = self._sample(rays, ray_times, stratified=stratified, with_values=False, with_rgb=False, kind=kind)
+        return composite(self.field, rays, ray_times, samples, step_size=self.step_size, with_orient=with_orient)
+
+    def render_deferred(
+        self,
+        cameras: list[OrbitCamera],
+        times: list[float],
+        size: int,
+        *,
+        stratified: bool,
+        with_rgb: bool = True,
+        kind: str = "render",
+    ) -> DeferredRender:
+        """`render` without autograd, for deferred back-propagation (same random draws, same samples)."""
+        rays, ray_times = self._rays(cameras, times, size)
+        samples = self._sample(rays, ray_times, stratified=stratified, with_values=True, with_rgb=with_rgb, kind=kind)
+        return deferred_from_samples(self.field, rays, ray_times, samples, step_size=self.step_size)
 
     def _max_density(self, x: Tensor) -> Tensor:
         """The shared occupancy grid's value: max over the timestamps (paper A.1)."""
-        return torch.stack([self.field.density(x, torch.full_like(x[:, 0], float(t))) for t in self.times]).amax(0)
+        chunk = self.config.renderer.eval_chunk
+        return torch.cat(
+            [
+                torch.stack([self.field.density(p, torch.full_like(p[:, 0], float(t))) for t in self.times]).amax(0)
+                for p in x.split(chunk)
+            ]
+        )
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Time a part of the iteration into `self.timings` when it is a dict (synchronising the device: profiling
+        only, it costs speed); does nothing when `self.timings` is None (the default)."""
+        if self.timings is None:
+            yield
+            return
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        yield
+        sync()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def _backward_pixels(
+        self, render: DeferredRender, loss: Tensor, pixels: Tensor, opacity: Tensor | None, *, phase: str
+    ) -> bool:
+        """Deferred back-propagation: `loss` → gradients at the leaves `pixels` (N, 3) and `opacity` (N,), then
+        through the re-evaluated samples chunk by chunk into the field. Returns whether any gradient flowed."""
+        if not loss.requires_grad:
+            return False
+        with self._phase(f"{phase}_pixel_backward"):
+            loss.backward()
+        g_rgb = pixels.grad
+        g_opacity = opacity.grad if opacity is not None else None
+
+        def chunk_loss(out: RenderOutput, rays: slice) -> Tensor:
+            total = out.rgb.new_zeros(())
+            if g_rgb is not None:
+                total = total + (out.rgb * g_rgb[rays]).sum()
+            if g_opacity is not None:
+                total = total + (out.opacity * g_opacity[rays]).sum()
+            return total
+
+        with self._phase(f"{phase}_field_backward"):
+            render.backward(chunk_loss, chunk_samples=self.config.renderer.grad_chunk_samples)
+        return True
 
     # -- one iteration -------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns the logged terms."""
+        """One optimisation step; returns the logged terms (reading them is one host sync)."""
+        return metrics_to_floats(self.step_tensors())
+
+    def step_tensors(self) -> dict[str, Tensor | float]:
+        """One optimisation step; returns the logged terms as device tensors (no host sync for them).
+
+        `renderer.grad_chunk_samples` > 0 runs the deferred path: every render (SDS, orientation, anchor) is made
+        without autograd, its losses are back-propagated to its pixels, then into the field in chunks. The random
+        draws, the samples and the gradients are those of the direct path (within float tolerance).
+        """
         cfg, w, step = self.config, self.config.loss_weights, self.step
         cams = cfg.cameras
-        metrics: dict[str, float] = {}
+        deferred = cfg.renderer.grad_chunk_samples > 0
+        metrics: dict[str, Tensor | float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        terms: list[Tensor] = []  # weighted loss terms, in the order they are added to the total
+        stepped = False  # deferred path: has any gradient reached the field
         # 1. Occupancy grid, shared over time.
         if step % cfg.renderer.occupancy_update_every_steps == 0:
-            self.occupancy.update(step, self._max_density, self.step_size, self.generator)
-        total = torch.zeros((), device=self.device)
+            with self._phase("occupancy"):
+                self.occupancy.update(step, self._max_density, self.step_size, self.generator)
         # 2. SDS renders: V random orthogonal views × all F timestamps.
         size = cfg.sds_resolution(step)
         views = sample_sds_views(
@@ -181,70 +310,127 @@ class Trainer:
             radius=cams.radius,
             fov_y_deg=cams.fov_y_deg,
         )
-        out = self.render(views.cameras, self.times.tolist(), size, stratified=True)
-        rgb = out.rgb.reshape(self.num_frames, cams.num_views, size, size, 3).permute(0, 1, 4, 2, 3)  # (F, V, 3, H, W)
+        with self._phase("sds_render"):
+            if deferred:
+                sds_render = self.render_deferred(
+                    views.cameras, self.times.tolist(), size, stratified=True, kind="sds"
+                )
+                assert sds_render.rgb is not None
+                pixels = sds_render.rgb.requires_grad_(True)  # leaves: the losses' gradients land here
+                opacity = sds_render.opacity.requires_grad_(True)
+            else:
+                out = self.render(views.cameras, self.times.tolist(), size, stratified=True, kind="sds")
+                pixels, opacity = out.rgb, out.opacity
+        num_rays, num_samples = opacity.numel(), self.render_stats["sds"]["samples"]
+        rgb = pixels.reshape(self.num_frames, cams.num_views, size, size, 3).permute(0, 1, 4, 2, 3)  # (F, V, 3, H, W)
+        sds_terms: list[Tensor] = []
         # 3. 4D-aware SDS (eq. 10).
-        if w.sds > 0:
-            assert self.guidance is not None and self.conditioning is not None
-            steps = self.guidance.num_train_timesteps
-            sds = self.guidance(
-                rgb,
-                self.conditioning,
-                azimuths_deg=views.azimuths_deg,
-                elevation_deg=views.elevation_deg,
-                min_step=int(steps * cfg.guidance.min_step_percent(step)),
-                max_step=int(steps * cfg.guidance.max_step_percent(step)),
-                generator=self.generator,
-            )
-            total = total + w.sds * sds.loss
-            metrics["loss/sds"] = float(sds.loss.detach())
-        # 4. Opacity regularisers on the SDS renders.
-        if (lam := w.sparsity(step)) > 0:
-            term = sparsity_loss(out.opacity)
-            total = total + lam * term
-            metrics["loss/sparsity"] = float(term.detach())
-        if (lam := w.opaque(step)) > 0:
-            term = opaque_loss(out.opacity)
-            total = total + lam * term
-            metrics["loss/opaque"] = float(term.detach())
+        with self._phase("guidance"):
+            if w.sds > 0:
+                assert self.guidance is not None and self.conditioning is not None
+                steps = self.guidance.num_train_timesteps
+                sds = self.guidance(
+                    rgb,
+                    self.conditioning,
+                    azimuths_deg=views.azimuths_deg,
+                    elevation_deg=views.elevation_deg,
+                    min_step=int(steps * cfg.guidance.min_step_percent(step)),
+                    max_step=int(steps * cfg.guidance.max_step_percent(step)),
+                    generator=self.generator,
+                    vae_chunk=cfg.guidance.vae_chunk,
+                )
+                sds_terms.append(w.sds * sds.loss)
+                metrics["loss/sds"] = sds.loss.detach()
+            # 4. Opacity regularisers on the SDS renders.
+            if (lam := w.sparsity(step)) > 0:
+                term = sparsity_loss(opacity)
+                sds_terms.append(lam * term)
+                metrics["loss/sparsity"] = term.detach()
+            if (lam := w.opaque(step)) > 0:
+                term = opaque_loss(opacity)
+                sds_terms.append(lam * term)
+                metrics["loss/opaque"] = term.detach()
+            terms += sds_terms
+        if deferred and sds_terms:
+            pixel_loss = sds_terms[0]
+            for term in sds_terms[1:]:
+                pixel_loss = pixel_loss + term
+            stepped |= self._backward_pixels(sds_render, pixel_loss, pixels, opacity, phase="sds")
+            del sds_render, pixels, opacity, rgb, pixel_loss
         # 5. Orientation of analytic normals: the same views at one random timestamp.
         if (lam := w.orient(step)) > 0:
             frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
-            normal_pass = self.render(
-                views.cameras, [float(self.times[frame])], size, stratified=True, with_orient=True
-            )
-            assert normal_pass.orient is not None
-            term = orientation_loss(normal_pass.orient, normal_pass.opacity)
-            total = total + lam * term
-            metrics["loss/orient"] = float(term.detach())
+            with self._phase("orient"):
+                if deferred:
+                    normals = self.render_deferred(
+                        views.cameras, [float(self.times[frame])], size, stratified=True, with_rgb=False, kind="orient"
+                    )
+                    count = (normals.opacity > 0).sum().clamp(min=1)
+                    parts: list[Tensor] = []
+
+                    def orient_chunk(out: RenderOutput, rays: slice) -> Tensor:
+                        assert out.orient is not None
+                        part = out.orient.sum() / count
+                        parts.append(part.detach())
+                        return lam * part
+
+                    normals.backward(orient_chunk, chunk_samples=cfg.renderer.orient_chunk_samples, with_orient=True)
+                    term = torch.stack(parts).sum() if parts else normals.opacity.new_zeros(())
+                    stepped |= bool(parts)
+                    del normals
+                else:
+                    normal_pass = self.render(
+                        views.cameras,
+                        [float(self.times[frame])],
+                        size,
+                        stratified=True,
+                        with_orient=True,
+                        kind="orient",
+                    )
+                    assert normal_pass.orient is not None
+                    term = orientation_loss(normal_pass.orient, normal_pass.opacity)
+                terms.append(lam * term)
+                metrics["loss/orient"] = term.detach()
         # 6. Anchor loss (eq. 11): the anchor view at one random frame, at the anchor video's size.
         if w.anchor_lpips > 0 or w.anchor_dssim > 0:
             frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
-            target = self.anchor.frames[frame : frame + 1].to(self.device)  # (1, 3, H, W)
-            size_a = target.shape[-1]
-            a_out = self.render([self.anchor.camera], [float(self.times[frame])], size_a, stratified=True)
-            render = a_out.rgb.reshape(1, size_a, size_a, 3).permute(0, 3, 1, 2)  # (1, 3, H, W)
-            if w.anchor_lpips > 0:
-                assert self.lpips is not None
-                term, parts = anchor_loss(
+            with self._phase("anchor"):
+                target = to_device(self.anchor.frames[frame : frame + 1], self.device)  # (1, 3, H, W)
+                size_a = target.shape[-1]
+                time_a = [float(self.times[frame])]
+                if deferred:
+                    a_render = self.render_deferred(
+                        [self.anchor.camera], time_a, size_a, stratified=True, kind="anchor"
+                    )
+                    assert a_render.rgb is not None
+                    a_pixels = a_render.rgb.requires_grad_(True)
+                else:
+                    a_pixels = self.render([self.anchor.camera], time_a, size_a, stratified=True, kind="anchor").rgb
+                render = a_pixels.reshape(1, size_a, size_a, 3).permute(0, 3, 1, 2)  # (1, 3, H, W)
+                term, parts_a = anchor_loss_terms(
                     render, target, self.lpips, lpips_weight=w.anchor_lpips, dssim_weight=w.anchor_dssim
                 )
-            else:
-                dssim = 1.0 - ssim(render, target)
-                term, parts = w.anchor_dssim * dssim, {"anchor_dssim": float(dssim.detach())}
-            total = total + term
-            metrics.update({f"loss/{k}": v for k, v in parts.items()})
-            with torch.no_grad():
-                mse = (render - target).pow(2).mean().clamp(min=1e-10)
-                metrics["psnr/anchor"] = float(-10.0 * torch.log10(mse))
+                terms.append(term)
+                metrics.update({f"loss/{k}": v for k, v in parts_a.items()})
+                with torch.no_grad():
+                    mse = (render - target).pow(2).mean().clamp(min=1e-10)
+                    metrics["psnr/anchor"] = -10.0 * torch.log10(mse)
+            if deferred:
+                stepped |= self._backward_pixels(a_render, term, a_pixels, None, phase="anchor")
+                del a_render, a_pixels, render
         # 7. Step.
-        self.optimizer.zero_grad(set_to_none=True)
-        if total.requires_grad:
-            total.backward()
-            self.optimizer.step()
+        total = torch.zeros((), device=self.device)
+        for term in terms:
+            total = total + term
+        with self._phase("backward_step"):
+            if not deferred and total.requires_grad:
+                total.backward()
+                stepped = True
+            if stepped:
+                self.optimizer.step()
         self.step += 1
-        metrics["loss/total"] = float(total.detach())
-        metrics["samples_per_ray"] = out.num_samples / max(1, out.opacity.numel())
+        metrics["loss/total"] = total.detach()
+        metrics["samples_per_ray"] = num_samples / max(1, num_rays)
         return metrics
 
     def fit(
@@ -261,23 +447,24 @@ class Trainer:
             num_steps: the step count to reach.
             checkpoint_dir: folder for `checkpoint.safetensors` (written atomically every
                 `checkpoint_every_steps` and at the end); None trains without checkpoints.
-            on_metrics: called every `log_every_steps` with (step, metrics).
+            on_metrics: called every `log_every_steps` with (step, metrics); the metrics are read from the device
+                only then.
             on_validate: called every `validate_every_steps` with the step.
         """
         cfg = self.config
         if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).is_file():
             self.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
             log.info("resumed from %s at step %d", checkpoint_dir, self.step)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor | float] = {}
         for _ in progress(range(self.step, num_steps), desc="distill", total=num_steps - self.step):
-            metrics = self.train_step()
+            metrics = self.step_tensors()
             if on_metrics is not None and (self.step % cfg.log_every_steps == 0 or self.step == num_steps):
-                on_metrics(self.step, metrics)
+                on_metrics(self.step, metrics_to_floats(metrics))
             if on_validate is not None and self.step % cfg.validate_every_steps == 0:
                 on_validate(self.step)
             if checkpoint_dir is not None and (self.step % cfg.checkpoint_every_steps == 0 or self.step == num_steps):
                 self.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
-        return metrics
+        return metrics_to_floats(metrics)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
