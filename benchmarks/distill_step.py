@@ -1,109 +1,420 @@
-"""Benchmark one distill iteration at the paper's configuration on a GPU: seconds per step and peak memory.
+"""Benchmark the distill iteration at the paper's configuration against its floor, measured in the same run.
 
-    python benchmarks/distill_step.py --steps 3 --json out/distill_step.json
+    python benchmarks/distill_step.py --config configs/distill.yaml --backend triton --guidance-dtype bfloat16 \\
+        --json out/distill_step.json
 
-Full-size architectures with random weights (timing and memory do not depend on the values): the dynamic NeRF of
-configs/distill.yaml (3D + 4D hash grids, 16 levels, 2^19), full-size 4DM for the SDS (guidance.dtype of the
-config), full-width LPIPS-VGG; 4 views × 8 frames; measured at the 64² start and at 256² (after the resolution
-milestones). Each phase catches CUDA out-of-memory and reports it instead of a time.
+Full-size architectures with random weights (time and memory do not depend on the values): the dynamic NeRF of the
+config (3D + 4D hash grids, 16 levels, 2^19), full-size 4DM (UNet 1.39 B, SD VAE, SD-2.1 text and ViT-H/14 image
+encoders, as benchmarks/mvgen_sampling.py builds it), full-width LPIPS-VGG; 4 views × 8 frames.
+
+Two phases of the schedule:
+- `start_64px`: step 0 onwards, 64² SDS renders, the blob-initialised field (a fuzzy ball: most rays cross it and
+  keep ~60 samples), the occupancy grid in its warm-up.
+- `late_256px`: after the last resolution milestone (256², opaque loss on). A trained field is a surface: rays stop
+  a few samples after entering it, and a large part of the image is background. `--late-field sphere` (default)
+  stands in for it with an opaque sphere: the field's blob density bias becomes 200·(1 − ‖x‖/0.35) (radius 0.35:
+  the subject covers about half of the 256² views at radius 1.1, fov 45°; rays terminate ~10 samples in), the hash
+  grids and MLPs keep their random values (the per-sample cost is the same), and the occupancy grid is rebuilt for
+  it. `--late-field blob` keeps the start field (the pessimistic fuzzy ball). The JSON says which, with the measured
+  samples per ray and coverage.
+
+Per phase: seconds per step (mean of `--steps` after `--warmup` steps), peak GPU memory of those steps (allocated
+and reserved), samples per SDS ray (kept, candidates in occupied cells, evaluated by the pruning pass), the floor =
+UNet forward at the SDS batch (2 CFG branches × F × (V+1) slots, guidance dtype, no_grad) + VAE encoder forward and
+backward of the F·V renders at the VAE's resolution + the SDS render's forward and backward alone (same path,
+random pixel gradients); the ratio step/floor; a per-part profile of one extra step (synchronised: its parts add up
+to a little more than a step). Targets (issue #10): ≤ 0.35 s/step and ≤ 1.25× the floor at 256², peak ≤ 24 GB.
+Out-of-memory is caught per measurement and reported instead of a number.
+
+`--smoke` runs the same code with tiny models on the CPU (tests; its numbers mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stages.common.cameras import OrbitCamera
-from stages.common.config import load_config
-from stages.common.lpips import LPIPSVGG
-from stages.distill.config import DistillConfig
-from stages.distill.guidance import FourDMGuidance
-from stages.distill.trainer import AnchorTarget, Trainer, build_field
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from stages.common.cameras import OrbitCamera  # noqa: E402
+from stages.common.config import load_config  # noqa: E402
+from stages.common.lpips import LPIPSVGG  # noqa: E402
+from stages.distill.cameras import sample_sds_views  # noqa: E402
+from stages.distill.config import DistillConfig  # noqa: E402
+from stages.distill.guidance import FourDMGuidance  # noqa: E402
+from stages.distill.trainer import AnchorTarget, Trainer, build_field  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LATE_SPHERE = {"blob_density": 200.0, "blob_radius": 0.35}
+TARGETS = {"s_per_step_256px": 0.35, "ratio_to_floor_256px": 1.25, "peak_reserved_gb": 24.0}
+NUM_FRAMES = 8
 
 
 def full_size_pipeline(dtype: torch.dtype):
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mvgen_sampling import build_full_size_pipeline  # noqa: E402  (a sibling script, not a package)
+    from mvgen_sampling import build_full_size_pipeline  # noqa: PLC0415  (a sibling script, not a package)
 
     return build_full_size_pipeline(dtype)
 
 
-def main() -> None:
+def tiny_parts(dtype: torch.dtype):
+    """Tiny 4DM and LPIPS of the tests (CPU smoke run)."""
+    from tests.distill.tiny import TINY_VGG_WIDTHS  # noqa: PLC0415
+    from tests.mvgen.tiny import tiny_pipeline  # noqa: PLC0415
+
+    pipe = tiny_pipeline(Path(tempfile.mkdtemp(prefix="distill_step_")))
+    pipe.to(dtype=dtype)
+    lpips = LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips", widths=TINY_VGG_WIDTHS)
+    return pipe, lpips
+
+
+class Clock:
+    """Wall time of a callable with the device synchronised around it; peak memory since the last reset."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            self.sync()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> dict[str, float]:
+        if not self.cuda:
+            return {}
+        return {
+            "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+        }
+
+    def time(self, fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        self.sync()
+        return (time.perf_counter() - start) / repeats
+
+
+def guarded(fn: Callable[[], dict]) -> dict:
+    """Run a measurement; an out-of-memory error becomes its result."""
+    try:
+        return fn()
+    except torch.OutOfMemoryError as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"out_of_memory": str(err).splitlines()[0]}
+
+
+def unet_floor(guidance: FourDMGuidance, cond, num_views: int, clock: Clock, repeats: int) -> dict:
+    """The UNet forward at the SDS batch, guidance dtype, no autograd (the same shapes as FourDMGuidance)."""
+    pipe, device, dtype = guidance.pipe, guidance.device, guidance.pipe.dtype
+    slots, frames = num_views + 1, cond.image_tokens.shape[0]
+    rows = 2 * frames * slots
+    g = torch.Generator().manual_seed(0)
+    channels, side = pipe.vae.config.latent_channels, guidance.latent_size
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=g).to(device, dtype)
+
+    sample, text = rand(rows, channels, side, side), rand(rows, *cond.text.shape[1:])
+    camera, tokens = rand(rows, 16), rand(rows, *cond.image_tokens.shape[1:])
+    ip_latents, timestep = rand(2 * frames, channels, side, side), torch.full((rows,), 500, device=device)
+
+    def forward() -> None:
+        with torch.no_grad():
+            pipe.unet(sample, timestep, text, camera, tokens, ip_latents, frames, slots)
+
+    return {"unet_forward_s": clock.time(forward, repeats), "unet_batch": rows}
+
+
+def vae_floor(guidance: FourDMGuidance, count: int, clock: Clock, repeats: int) -> dict:
+    """VAE encoder forward + backward (to the images) of `count` renders at the VAE's resolution, fp32 inputs."""
+    size = guidance.image_size
+    x = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(1)).to(guidance.device)
+    x.requires_grad_(True)
+    noise = guidance.posterior_noise(count, torch.Generator().manual_seed(2))
+    upstream = torch.randn(noise.shape, generator=torch.Generator().manual_seed(3)).to(guidance.device)
+
+    def forward_backward() -> None:
+        z = guidance.encode_with_noise(x, noise)
+        z.backward(upstream)
+        x.grad = None
+
+    return {"vae_encoder_fwd_bwd_s": clock.time(forward_backward, repeats), "vae_images": count, "vae_px": size}
+
+
+def render_floor(trainer: Trainer, size: int, clock: Clock, repeats: int) -> dict:
+    """The SDS render (V views × F frames at `size`) forward and backward alone, through the trainer's own path
+    (direct or deferred), with fixed random pixel gradients; a scratch generator leaves the trainer's draws alone."""
+    cfg, saved = trainer.config, trainer.generator
+    trainer.generator = torch.Generator().manual_seed(11)
+    views = sample_sds_views(
+        trainer.generator,
+        num_views=cfg.cameras.num_views,
+        elevation_min_deg=cfg.cameras.elevation_min_deg,
+        elevation_max_deg=cfg.cameras.elevation_max_deg,
+        radius=cfg.cameras.radius,
+        fov_y_deg=cfg.cameras.fov_y_deg,
+    )
+    num_rays = cfg.cameras.num_views * trainer.num_frames * size * size
+    g = torch.Generator().manual_seed(12)
+    g_rgb = torch.randn(num_rays, 3, generator=g).to(trainer.device) * 1e-3
+    g_opacity = torch.randn(num_rays, generator=g).to(trainer.device) * 1e-3
+    coverage: list[float] = []
+    times = trainer.times.tolist()
+
+    def forward_backward() -> None:
+        if cfg.renderer.grad_chunk_samples > 0:
+            out = trainer.render_deferred(views.cameras, times, size, stratified=True, kind="floor")
+            out.backward(
+                lambda o, sl: (o.rgb * g_rgb[sl]).sum() + (o.opacity * g_opacity[sl]).sum(),
+                chunk_samples=cfg.renderer.grad_chunk_samples,
+            )
+        else:
+            out = trainer.render(views.cameras, times, size, stratified=True, kind="floor")
+            ((out.rgb * g_rgb).sum() + (out.opacity * g_opacity).sum()).backward()
+        coverage.append(float((out.opacity.detach() > 0.5).float().mean()))
+        trainer.field.zero_grad(set_to_none=True)
+
+    try:
+        seconds = clock.time(forward_backward, repeats)
+    finally:
+        trainer.generator = saved
+    stats = trainer.render_stats["floor"]
+    return {
+        "render_fwd_bwd_s": seconds,
+        "coverage_opacity_gt_0.5": coverage[-1],
+        "samples_per_ray": stats["samples"] / stats["rays"],
+        "candidates_per_ray": stats["candidates"] / stats["rays"],
+        "evaluated_per_ray": stats["evaluated"] / stats["rays"],
+    }
+
+
+def make_late_field(trainer: Trainer, kind: str) -> dict:
+    """Turn the trainer's field into the stand-in for a trained one (module docstring) and rebuild the occupancy grid
+    for it (every cell evaluated, as in the warm-up, four times: the EMA max sees four random points per cell)."""
+    if kind == "sphere":
+        trainer.field.blob_density = LATE_SPHERE["blob_density"]
+        trainer.field.blob_radius = LATE_SPHERE["blob_radius"]
+    occupancy, generator = trainer.occupancy, torch.Generator().manual_seed(5)
+    occupancy.occupancy.zero_()
+    for _ in range(4):
+        occupancy.update(0, trainer._max_density, trainer.step_size, generator)
+    described = {
+        "sphere": "opaque sphere: blob density bias 200·(1 − ‖x‖/0.35), random grids and MLPs, occupancy rebuilt",
+        "blob": "the blob-initialised start field (fuzzy ball), occupancy rebuilt",
+    }[kind]
+    return {"kind": kind, "description": described, **(LATE_SPHERE if kind == "sphere" else {})}
+
+
+def run_phase(trainer: Trainer, label: str, step: int, args, clock: Clock) -> dict:
+    """Warm-up steps, timed steps, one profiled step, and the render floor at this phase's resolution."""
+    cfg = trainer.config
+    size = cfg.sds_resolution(step)
+    result: dict = {"sds_px": size, "first_step": step}
+
+    def steps() -> dict:
+        trainer.step = step
+        for _ in range(args.warmup):
+            trainer.train_step()
+        clock.reset_peak()
+        clock.sync()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            metrics = trainer.step_tensors()
+        clock.sync()
+        seconds = (time.perf_counter() - start) / args.steps
+        sds = trainer.render_stats["sds"]
+        return {
+            "s_per_step": seconds,
+            **clock.peak(),
+            "samples_per_ray": float(metrics["samples_per_ray"]),
+            "candidates_per_ray": sds["candidates"] / sds["rays"],
+            "evaluated_per_ray": sds["evaluated"] / sds["rays"],
+            "orient_samples": trainer.render_stats.get("orient", {}).get("samples", 0),
+            "anchor_samples": trainer.render_stats.get("anchor", {}).get("samples", 0),
+        }
+
+    def profiled_step() -> dict:
+        trainer.timings = {}
+        try:
+            trainer.train_step()
+            return {"profile_s": dict(sorted(trainer.timings.items(), key=lambda kv: -kv[1]))}
+        finally:
+            trainer.timings = None
+
+    result.update(guarded(steps))
+    if "out_of_memory" not in result:
+        result.update(guarded(profiled_step))
+    result["render_floor"] = guarded(lambda: render_floor(trainer, size, clock, args.floor_repeats))
+    return result
+
+
+def variant_config(base: DistillConfig, args, grad_chunk: int, vae_chunk: int) -> DistillConfig:
+    field = base.field.model_copy(update={"backend": args.backend} if args.backend else {})
+    guidance = base.guidance.model_copy(
+        update={"vae_chunk": vae_chunk, **({"dtype": args.guidance_dtype} if args.guidance_dtype else {})}
+    )
+    renderer = base.renderer.model_copy(update={"grad_chunk_samples": grad_chunk})
+    return base.model_copy(update={"field": field, "guidance": guidance, "renderer": renderer})
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/distill.yaml"))
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--config", type=Path, default=None, help="distill config (configs/distill.yaml)")
+    parser.add_argument("--backend", choices=["torch", "tcnn", "triton"], help="override field.backend")
+    parser.add_argument("--guidance-dtype", choices=sorted(DTYPES), help="override guidance.dtype")
+    parser.add_argument(
+        "--grad-chunk-samples", type=int, nargs="+", help="renderer.grad_chunk_samples values (0 = direct path)"
+    )
+    parser.add_argument("--vae-chunk", type=int, nargs="+", help="guidance.vae_chunk values (0 = one graph)")
+    parser.add_argument("--late-field", choices=["sphere", "blob"], default="sphere")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per phase")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per phase first")
+    parser.add_argument("--floor-repeats", type=int, default=5, help="timed repeats of each floor part")
     parser.add_argument("--json", type=Path, default=Path("out/distill_step.json"))
-    args = parser.parse_args()
-    device = torch.device("cuda")
-    config = load_config(DistillConfig, args.config)
-    torch.manual_seed(0)
-    field = build_field(config).to(device)
-    pipe = full_size_pipeline(DTYPES[config.guidance.dtype]).to(device)
-    guidance = FourDMGuidance(
-        pipe, guidance_scale=config.guidance.guidance_scale, std_rescale=config.guidance.std_rescale
-    )
-    frames = (np.random.default_rng(0).random((8, 256, 256, 3)) * 255).astype(np.uint8)
-    conditioning = guidance.prepare(frames, "a fox", config.guidance.negative_prompt, torch.Generator(device))
-    anchor = AnchorTarget(
-        torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255,
-        OrbitCamera.from_angles(0, 0.0, 0.0, config.cameras.radius, config.cameras.fov_y_deg),
-    )
-    trainer = Trainer(
-        config,
-        field,
-        anchor,
-        guidance=guidance,
-        conditioning=conditioning,
-        lpips=LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips").to(device),
-        device=device,
-    )
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (tests only)")
+    args = parser.parse_args(argv)
+    config_path = args.config or REPO / ("configs/tiny/distill.yaml" if args.smoke else "configs/distill.yaml")
+    base = load_config(DistillConfig, config_path)
+    device = torch.device("cpu" if args.smoke else "cuda")
+    clock = Clock(device)
+    grad_chunks = args.grad_chunk_samples or [base.renderer.grad_chunk_samples]
+    vae_chunks = args.vae_chunk or [base.guidance.vae_chunk]
+    dtype_name = args.guidance_dtype or base.guidance.dtype
     result: dict = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke run)",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "guidance_dtype": config.guidance.dtype,
-        "hash_backend": config.field.backend,
-        "field_parameters": sum(p.numel() for p in field.parameters()),
+        "config": str(config_path),
+        "hash_backend": args.backend or base.field.backend,
+        "guidance_dtype": dtype_name,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "views_x_frames": [base.cameras.num_views, NUM_FRAMES],
+        "targets": TARGETS,
     }
-    for label, step in (("start_64px", 0), ("late_256px", max(config.sds_resolution.milestones) + 1)):
-        trainer.step = step
-        size = config.sds_resolution(step)
-        try:
-            trainer.train_step()  # warm-up (and occupancy update)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                metrics = trainer.train_step()
-            torch.cuda.synchronize()
-            result[label] = {
-                "sds_px": size,
-                "s_per_step": (time.perf_counter() - t0) / args.steps,
-                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-                "samples_per_ray": metrics.get("samples_per_ray"),
-            }
-        except torch.OutOfMemoryError as err:
-            result[label] = {
-                "sds_px": size,
-                "out_of_memory": str(err).splitlines()[0],
-                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-            }
+
+    # 1. 4DM, LPIPS, conditioning on random frames; the floor's UNet and VAE parts (phase-independent).
+    build = time.perf_counter()
+    if args.smoke:
+        pipe, lpips = tiny_parts(DTYPES[dtype_name])
+    else:
+        pipe = full_size_pipeline(DTYPES[dtype_name])
+        lpips = LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips")
+    pipe.to(device)
+    lpips = lpips.to(device)
+    guidance = FourDMGuidance(pipe, guidance_scale=base.guidance.guidance_scale, std_rescale=base.guidance.std_rescale)
+    size = guidance.image_size
+    frames = (np.random.default_rng(0).random((NUM_FRAMES, size, size, 3)) * 255).astype(np.uint8)
+    conditioning = guidance.prepare(frames, "a fox", base.guidance.negative_prompt, torch.Generator().manual_seed(0))
+    anchor = AnchorTarget(
+        torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255,
+        OrbitCamera.from_angles(0, 0.0, 0.0, base.cameras.radius, base.cameras.fov_y_deg),
+    )
+    result["build_s"] = time.perf_counter() - build
+    renders = base.cameras.num_views * NUM_FRAMES
+    result["floor_unet"] = guarded(
+        lambda: unet_floor(guidance, conditioning, base.cameras.num_views, clock, args.floor_repeats)
+    )
+    result["floor_vae"] = guarded(lambda: vae_floor(guidance, renders, clock, args.floor_repeats))
+
+    # 2. Each variant: a fresh field, the start phase, then the late phase.
+    late_step = max(base.sds_resolution.milestones) + 1
+    result["variants"] = []
+    for grad_chunk, vae_chunk in itertools.product(grad_chunks, vae_chunks):
+        cfg = variant_config(base, args, grad_chunk, vae_chunk)
+        torch.manual_seed(cfg.seed)
+        field = build_field(cfg).to(device)
+        trainer = Trainer(cfg, field, anchor, guidance=guidance, conditioning=conditioning, lpips=lpips, device=device)
+        variant: dict = {
+            "grad_chunk_samples": grad_chunk,
+            "vae_chunk": vae_chunk,
+            "early_stop_block": cfg.renderer.early_stop_block,
+            "offload_encoders": cfg.guidance.offload_encoders,
+            "field_parameters": sum(p.numel() for p in field.parameters()),
+        }
+        variant["start_64px"] = run_phase(trainer, "start_64px", 0, args, clock)
+        variant["late_field"] = make_late_field(trainer, args.late_field)
+        variant["late_256px"] = run_phase(trainer, "late_256px", late_step, args, clock)
+        for label in ("start_64px", "late_256px"):
+            add_floor(variant[label], result)
+        result["variants"].append(variant)
+        del trainer, field
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-        print(label, json.dumps(result[label]))
+    print_table(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    return result
+
+
+def add_floor(phase: dict, result: dict) -> None:
+    """floor = UNet forward + VAE encoder fwd/bwd + this phase's render fwd/bwd; ratio = step / floor."""
+    parts = [
+        result["floor_unet"].get("unet_forward_s"),
+        result["floor_vae"].get("vae_encoder_fwd_bwd_s"),
+        phase["render_floor"].get("render_fwd_bwd_s"),
+    ]
+    if all(p is not None for p in parts):
+        phase["floor_s"] = sum(parts)
+        if "s_per_step" in phase:
+            phase["ratio_to_floor"] = phase["s_per_step"] / phase["floor_s"]
+
+
+def print_table(result: dict) -> None:
+    def fmt(value, spec: str = ".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    print(f"{result['gpu']} | torch {result['torch']} | CUDA {result['cuda']} | backend {result['hash_backend']}")
+    print(f"guidance {result['guidance_dtype']} | UNet fwd {fmt(result['floor_unet'].get('unet_forward_s'))} s")
+    print(f"VAE encoder fwd+bwd {fmt(result['floor_vae'].get('vae_encoder_fwd_bwd_s'))} s")
+    head = (
+        f"{'grad_chunk':>10} {'vae_chunk':>9} {'phase':<11} {'s/step':>7} {'floor':>7} {'render':>7} {'ratio':>6} "
+        f"{'peak GiB':>8} {'resv GB':>8} {'smp/ray':>7} {'eval/ray':>8} {'cover':>6}"
+    )
+    print(head)
+    for v in result["variants"]:
+        for label in ("start_64px", "late_256px"):
+            p = v[label]
+            rf = p["render_floor"]
+            step_s = "OOM" if "out_of_memory" in p else fmt(p.get("s_per_step"))
+            render_s = "OOM" if "out_of_memory" in rf else fmt(rf.get("render_fwd_bwd_s"))
+            ratio = fmt(p.get("ratio_to_floor"), ".2f")
+            print(
+                f"{v['grad_chunk_samples']:>10} {v['vae_chunk']:>9} {label:<11} {step_s:>7} "
+                f"{fmt(p.get('floor_s')):>7} {render_s:>7} {ratio:>6} "
+                f"{fmt(p.get('peak_allocated_gib'), '.1f'):>8} {fmt(p.get('peak_reserved_gb'), '.1f'):>8} "
+                f"{fmt(p.get('samples_per_ray'), '.1f'):>7} {fmt(p.get('evaluated_per_ray'), '.1f'):>8} "
+                f"{fmt(rf.get('coverage_opacity_gt_0.5'), '.2f'):>6}"
+            )
+            if "profile_s" in p:
+                print("    profile: " + ", ".join(f"{k} {s:.3f}" for k, s in p["profile_s"].items()))
+    print(
+        f"targets at 256²: ≤ {TARGETS['s_per_step_256px']} s/step, ≤ {TARGETS['ratio_to_floor_256px']}× floor, "
+        f"peak reserved ≤ {TARGETS['peak_reserved_gb']} GB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""benchmarks/distill_step.py runs end to end (tiny models on the CPU) and reports every figure the GPU run needs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from tests.distill.tiny import REPO
+
+
+def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_path):
+    spec = importlib.util.spec_from_file_location("distill_step", REPO / "benchmarks/distill_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "result.json"
+    bench.main(
+        [
+            "--smoke",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--floor-repeats",
+            "1",
+            "--grad-chunk-samples",
+            "64",
+            "--vae-chunk",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert {"gpu", "torch", "cuda", "guidance_dtype", "hash_backend", "targets"} <= set(result)
+    assert result["floor_unet"]["unet_batch"] == 2 * 8 * 5
+    assert result["floor_vae"]["vae_images"] == 32
+    (variant,) = result["variants"]
+    assert variant["grad_chunk_samples"] == 64 and variant["vae_chunk"] == 3
+    assert variant["late_field"]["kind"] == "sphere"
+    start, late = variant["start_64px"], variant["late_256px"]
+    assert (start["sds_px"], late["sds_px"]) == (8, 12)  # the tiny config's first and last sizes
+    for phase in (start, late):
+        floor = result["floor_unet"]["unet_forward_s"] + result["floor_vae"]["vae_encoder_fwd_bwd_s"]
+        assert abs(phase["floor_s"] - floor - phase["render_floor"]["render_fwd_bwd_s"]) < 1e-9
+        assert abs(phase["ratio_to_floor"] - phase["s_per_step"] / phase["floor_s"]) < 1e-9
+        assert 0 < phase["samples_per_ray"] <= phase["evaluated_per_ray"] <= phase["candidates_per_ray"]
+        assert "guidance" in phase["profile_s"] and "sds_field_backward" in phase["profile_s"]
+    # The opaque sphere stands in for a trained field: fewer samples per ray than the fuzzy start blob.
+    assert late["samples_per_ray"] < start["samples_per_ray"]
