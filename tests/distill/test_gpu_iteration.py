@@ -7,6 +7,7 @@ full-width LPIPS-VGG, 4 views × 8 frames. Run from the repository root.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from stages.common.lpips import LPIPSVGG
 from stages.distill import DistillConfig
 from stages.distill.guidance import FourDMGuidance
 from stages.distill.trainer import AnchorTarget, Trainer, build_field
-from tests.distill.tiny import REPO
+
+REPO = Path(__file__).resolve().parents[2]  # not tests.distill.tiny: it imports PyAV, which the GPU python may lack
 
 PRODUCTION = load_config(DistillConfig, REPO / "configs/distill.yaml")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
