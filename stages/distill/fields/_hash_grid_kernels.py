@@ -226,9 +226,11 @@ def forward_kernel(
     L: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """out[:, level·F:(level+1)·F] = grid_a(x) (+ grid_b(x)); programs: (level, block of points)."""
-    level = tl.program_id(0)  # levels vary fastest: a block's levels run together and fill its output lines
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    """out[:, level·F:(level+1)·F] = grid_a(x) (+ grid_b(x)); programs: (block of points, level)."""
+    # Blocks vary fastest: the programs in flight read one level's table, which stays in L2 (levels-fastest order
+    # measured 1.3× slower forward and 1.6× slower forward + backward on an H100).
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    level = tl.program_id(1)
     mask = offs < N
     mask2 = mask[:, None]
     DX: tl.constexpr = DB if DB > 0 else DA
@@ -264,9 +266,9 @@ def backward_params_kernel(
     L: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Table gradients of both grids from the output gradient; programs: (level, block of points)."""
-    level = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    """Table gradients of both grids from the output gradient; programs: (block of points, level)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    level = tl.program_id(1)
     mask = offs < N
     mask2 = mask[:, None]
     DX: tl.constexpr = DB if DB > 0 else DA
@@ -370,9 +372,9 @@ def double_backward_kernel(
     WANT_PARAMS: tl.constexpr,
     WANT_GRAD_OUT: tl.constexpr,
 ):
-    """Given v = ∂L/∂(∂/∂x): table gradients and ∂L/∂grad_out of the input-gradient pass; programs: (level, block)."""
-    level = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    """Given v = ∂L/∂(∂/∂x): table gradients and ∂L/∂grad_out of the input-gradient pass; programs: (block, level)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    level = tl.program_id(1)
     mask = offs < N
     mask2 = mask[:, None]
     DX: tl.constexpr = DB if DB > 0 else DA

@@ -98,8 +98,10 @@ class HashGridEncoding(nn.Module):
             tcnn_module = _build_tcnn(
                 num_dims, num_levels, features_per_level, log2_hashmap_size, base_resolution, per_level_scale
             )
-            if tcnn_module.n_params != num_params:
-                raise RuntimeError(f"tcnn grid has {tcnn_module.n_params} parameters, the torch layout {num_params}")
+            if tcnn_module.params.numel() != num_params:
+                raise RuntimeError(
+                    f"tcnn grid has {tcnn_module.params.numel()} parameters, the torch layout {num_params}"
+                )
         # Not a registered submodule: its own `params` is replaced by ours at every call, so the state dict holds
         # exactly one `params` whichever backend runs.
         object.__setattr__(self, "_tcnn", tcnn_module)

@@ -138,7 +138,7 @@ def _forward(x: Tensor, pa: Tensor, pb: Tensor | None, spec: _Spec) -> Tensor:
     n = x.shape[0]
     out = torch.empty(n, spec.levels * spec.features, device=x.device, dtype=torch.float32)
     if n > 0:
-        _kernels(not x.is_cuda)[0][(spec.levels, triton_cdiv(n))](
+        _kernels(not x.is_cuda)[0][(triton_cdiv(n), spec.levels)](
             x, pa, pb if pb is not None else pa, out, n, *spec.args(), **spec.constants()
         )
     return out
@@ -175,7 +175,7 @@ class _EncodeBackward(torch.autograd.Function):
         grad_a = torch.zeros_like(pa)
         grad_b = torch.zeros_like(pb) if pb is not None else None
         if n > 0 and (need[1] or need[2]):
-            kernels[1][(spec.levels, triton_cdiv(n))](
+            kernels[1][(triton_cdiv(n), spec.levels)](
                 x, grad_out, grad_a, grad_b if grad_b is not None else grad_a, n, *spec.args(), **spec.constants()
             )
         if n > 0 and need[0]:
@@ -205,7 +205,7 @@ class _EncodeBackward(torch.autograd.Function):
         if v_x is not None and n > 0 and (want_params or want_grad_out):
             scratch = torch.empty_like(grad_out) if want_grad_out else grad_out  # not written unless wanted
             ga = grad_a if grad_a is not None else pa  # not written unless wanted
-            _kernels(not x.is_cuda)[3][(spec.levels, triton_cdiv(n))](
+            _kernels(not x.is_cuda)[3][(triton_cdiv(n), spec.levels)](
                 x,
                 pa,
                 pb if pb is not None else pa,
