@@ -119,6 +119,19 @@ class OccupancyGrid(nn.Module):
         threshold = self.occupancy.clamp(min=0).mean().clamp(max=self.threshold)
         self.binary.copy_(self.occupancy > threshold)
 
+    def occupied_bounds(self) -> tuple[Tensor, Tensor] | None:
+        """World-space bounding box (lo (3,), hi (3,)) of the occupied cells, None when no cell is (one host sync)."""
+        r = self.resolution
+        cells = self.binary.view(r, r, r)
+        per_axis = [cells.any(dim=(1, 2)), cells.any(dim=(0, 2)), cells.any(dim=(0, 1))]  # x, y, z
+        if not bool(per_axis[0].any()):
+            return None
+        index = torch.arange(r, device=cells.device)
+        first = torch.stack([torch.where(a, index, r).min() for a in per_axis])
+        last = torch.stack([torch.where(a, index, -1).max() for a in per_axis])
+        cell = 2.0 * self.bbox_radius / r
+        return first.float() * cell - self.bbox_radius, (last + 1).float() * cell - self.bbox_radius
+
     def occupied(self, x: Tensor) -> Tensor:
         """(N,) bool: is the cell holding world point x (N, 3) occupied."""
         r = self.resolution
@@ -188,26 +201,55 @@ def _march(
     generator: torch.Generator | None,
     chunk: int,
 ) -> tuple[Tensor, Tensor]:
-    """Candidate samples in occupied cells: (ray index (M,), interval start distance (M,)), sorted by ray then t."""
+    """Candidate samples in occupied cells: (ray index (M,), interval start distance (M,)), sorted by ray then t.
+
+    Every ray steps from its box entry `near` (plus the stratified offset) at `near + k·step`. Only the steps whose
+    midpoints can fall in the bounding box of the occupied cells are generated (one step of margin each side), so a
+    small object costs a fraction of the box diagonal; the kept samples, their order and their distances are exactly
+    those of marching the whole box (the skipped steps lie in empty cells).
+    """
     near, far = _ray_box(rays, occupancy.bbox_radius)
     if generator is not None:  # stratified: one random offset per ray
         near = near + to_device(torch.rand(near.shape, generator=generator), near.device) * step_size
     max_steps = int(math.ceil(2.0 * math.sqrt(3.0) * occupancy.bbox_radius / step_size)) + 1
+    empty = near.new_zeros(0, dtype=torch.int64), near.new_zeros(0)
+    bounds = occupancy.occupied_bounds()
+    if bounds is None:
+        return empty
+    enter, leave = _ray_aabb(rays, *bounds)
+    k_first = (torch.floor((enter - near) / step_size) - 1).clamp(min=0)
+    k_last = (torch.ceil((leave - near) / step_size) + 1).clamp(max=max_steps - 1)
+    hit = (leave >= enter) & (k_last >= k_first) & (far > near)
+    ray_ids = torch.nonzero(hit)[:, 0]
+    if ray_ids.numel() == 0:
+        return empty
+    k_first, counts = k_first[ray_ids], (k_last - k_first)[ray_ids] + 1
+    steps_needed = int(counts.max())
+    steps = torch.arange(steps_needed, device=near.device, dtype=near.dtype)
     ray_parts, t_parts = [], []
-    steps = torch.arange(max_steps, device=near.device, dtype=near.dtype)
-    rays_per_chunk = max(1, chunk // max_steps)
-    for start in range(0, near.shape[0], rays_per_chunk):
-        sl = slice(start, start + rays_per_chunk)
-        t_start = near[sl, None] + steps[None] * step_size  # (n, S)
+    rays_per_chunk = max(1, chunk // steps_needed)
+    for start in range(0, ray_ids.shape[0], rays_per_chunk):
+        ids = ray_ids[start : start + rays_per_chunk]
+        k = k_first[start : start + rays_per_chunk, None] + steps[None]  # (n, S) step index along each ray
+        t_start = near[ids, None] + k * step_size  # the whole-box march's distances, bit for bit
         mid = t_start + 0.5 * step_size
-        points = rays.origins[sl, None, :] + rays.directions[sl, None, :] * mid[..., None]  # (n, S, 3)
-        # One selection per chunk: inside the box and in an occupied cell (out-of-box points clamp to a border cell
-        # and are masked by the first test).
-        keep = (mid < far[sl, None]) & occupancy.occupied(points.reshape(-1, 3)).reshape(mid.shape)
+        points = rays.origins[ids, None, :] + rays.directions[ids, None, :] * mid[..., None]  # (n, S, 3)
+        # One selection per chunk: a real step of the ray, inside the box and in an occupied cell (out-of-box points
+        # clamp to a border cell and are masked by the box test).
+        keep = (steps[None] < counts[start : start + rays_per_chunk, None]) & (mid < far[ids, None])
+        keep &= occupancy.occupied(points.reshape(-1, 3)).reshape(mid.shape)
         ray_idx, step_idx = torch.nonzero(keep, as_tuple=True)
-        ray_parts.append(ray_idx + start)
+        ray_parts.append(ids[ray_idx])
         t_parts.append(t_start[ray_idx, step_idx])
     return torch.cat(ray_parts), torch.cat(t_parts)
+
+
+def _ray_aabb(rays: Rays, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Entry and exit distances (N,) of each ray in the box [lo, hi] (3,) (exit < entry: miss)."""
+    inv = 1.0 / torch.where(rays.directions.abs() < 1e-12, torch.full_like(rays.directions, 1e-12), rays.directions)
+    t0 = (lo - rays.origins) * inv
+    t1 = (hi - rays.origins) * inv
+    return torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
 
 
 def _midpoints(rays: Rays, ray_ids: Tensor, t_starts: Tensor, step_size: float) -> Tensor:

@@ -124,3 +124,42 @@ def test_sds_views_are_orthogonal_with_a_shared_elevation():
     gaps = [(b - a) % 360 for a, b in zip(views.azimuths_deg, views.azimuths_deg[1:], strict=False)]
     assert all(abs(g - 90) < 1e-9 for g in gaps)
     assert 0.0 <= views.elevation_deg <= 5.0 and -180 <= views.azimuths_deg[0] < -90
+
+
+def _whole_box_march(rays, occupancy, step_size, generator):
+    """The plain march every step of the box diagonal (the reference the bounded march must reproduce)."""
+    from stages.distill.renderer import _ray_box
+
+    near, far = _ray_box(rays, occupancy.bbox_radius)
+    if generator is not None:
+        near = near + torch.rand(near.shape, generator=generator) * step_size
+    max_steps = int(math.ceil(2.0 * math.sqrt(3.0) * occupancy.bbox_radius / step_size)) + 1
+    t_start = near[:, None] + torch.arange(max_steps, dtype=near.dtype)[None] * step_size
+    mid = t_start + 0.5 * step_size
+    points = rays.origins[:, None, :] + rays.directions[:, None, :] * mid[..., None]
+    keep = (mid < far[:, None]) & occupancy.occupied(points.reshape(-1, 3)).reshape(mid.shape)
+    ray_idx, step_idx = torch.nonzero(keep, as_tuple=True)
+    return ray_idx, t_start[ray_idx, step_idx]
+
+
+def test_march_bounded_by_the_occupied_cells_keeps_exactly_the_whole_box_samples():
+    from stages.distill.renderer import _march
+
+    torch.manual_seed(3)
+    camera = OrbitCamera.from_angles(0, 30.0, 15.0, 2.0, 50.0)
+    rays = camera_rays(camera, 24)
+    step = step_size_for(64)
+    for pattern in ("blob", "scattered", "corner", "empty"):
+        grid = OccupancyGrid(8, 1.0, 0.95, 0.01, 0)
+        cells = grid.binary.view(8, 8, 8)
+        if pattern == "blob":
+            cells[2:5, 3:6, 2:6] = True
+        elif pattern == "scattered":
+            cells.view(-1)[torch.randperm(512)[:20]] = True
+        elif pattern == "corner":
+            cells[7, 7, 7] = cells[0, 0, 0] = True
+        for stratified in (False, True):
+            got = _march(rays, grid, step, torch.Generator().manual_seed(5) if stratified else None, chunk=1000)
+            want = _whole_box_march(rays, grid, step, torch.Generator().manual_seed(5) if stratified else None)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (pattern, stratified)
+            assert (got[0].numel() == 0) == (pattern == "empty")
