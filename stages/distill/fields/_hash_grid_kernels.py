@@ -36,7 +36,11 @@ def _corner(c: tl.constexpr, D: tl.constexpr, i0, i1, i2, i3, f0, f1, f2, f3, re
     index_hash = p0 ^ (p1 * tl.full(p1.shape, 2654435761, tl.uint32)) ^ (p2 * tl.full(p2.shape, 805459861, tl.uint32))
     if D == 4:
         index_hash = index_hash ^ (p3 * tl.full(p3.shape, 3674653429, tl.uint32))
-    index = tl.where(dense != 0, index_dense, index_hash) % size
+    # `index % size` without integer division: a dense index stays below 2·size (its largest corner coordinate is the
+    # resolution R, and R·(1 + R + … + R^(D−1)) < 2·R^D ≤ 2·size), and a hashed table's size is a power of two
+    # (both checked by `level_tables`).
+    index_dense = tl.where(index_dense >= size, index_dense - size, index_dense)
+    index = tl.where(dense != 0, index_dense, index_hash & (size - 1))
     return index.to(tl.int32), a0, a1, a2, a3
 
 

@@ -139,6 +139,10 @@ class HashGridEncoding(nn.Module):
     def level_tables(self, device: torch.device) -> LevelTables:
         """The level geometry as tensors on `device` for the Triton kernels (cached per device)."""
         if device not in self._tables:
+            for lv in self.levels:  # what the kernels' division-free `index % size` relies on
+                largest_dense_index = sum(lv.resolution ** (d + 1) for d in range(self.num_dims))
+                if (lv.dense and largest_dense_index >= 2 * lv.size) or (not lv.dense and lv.size & (lv.size - 1)):
+                    raise ValueError(f"hash grid level {lv} is outside what the Triton kernels index")
             self._tables[device] = LevelTables(
                 scale=torch.tensor([lv.scale for lv in self.levels], dtype=torch.float32, device=device),
                 resolution=torch.tensor([lv.resolution for lv in self.levels], dtype=torch.int32, device=device),
