@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -85,6 +84,8 @@ def find_clip_sources(data_dir: Path) -> list[ClipSource]:
 def _load(path: Path, size_px: int) -> np.ndarray:
     rgb = composite_on_white(read_rgba(path))
     if rgb.shape[0] != size_px:
+        import cv2  # only to resize (the GPU machine has no OpenCV; renders there match size_px)
+
         interp = cv2.INTER_AREA if rgb.shape[0] > size_px else cv2.INTER_LINEAR
         rgb = cv2.resize(rgb, (size_px, size_px), interpolation=interp)
     return rgb

@@ -1,0 +1,274 @@
+"""The demo model: window sampling, VAE loss, checkpoints, the end-to-end tiny run, its export and resume."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from stages.common.artifacts import RenderManifest, ViewSet
+from stages.common.cameras import OrbitCamera, fourdm_camera_vectors, save_cameras
+from stages.common.config import load_config
+from stages.common.errors import StageError
+from stages.common.image_io import write_rgba
+from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm
+from stages.mvgen.training.demo_config import DemoModelConfig
+from stages.mvgen.training.demo_data import clip_stride, load_clip_bank, sample_windows
+from stages.mvgen.training.demo_model import (
+    CHECKPOINT,
+    EXPORT,
+    TrainState,
+    build_pipeline,
+    load_checkpoint,
+    main,
+    run,
+    save_checkpoint,
+    vae_loss,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PX = 16
+
+
+def write_ring(root: Path, subject: str, caption: str, views: int, frames: int) -> Path:
+    """A render artifact whose train/ ring encodes (view, frame) in each image's colour: R = 20·v, G = 20·f."""
+    art = root / subject
+    files = []
+    for v in range(views):
+        for f in range(frames):
+            rgba = np.zeros((PX, PX, 4), np.uint8)
+            rgba[4:12, 4:12] = (20 * v, 10 * f, 100, 255)
+            rel = f"train/v{v:02d}/rgba_{f:05d}.png"
+            write_rgba(art / rel, rgba)
+            files.append(rel)
+    cams = [OrbitCamera.from_angles(v, -180.0 + 360.0 * v / views, 0.0, 1.1, 45.0) for v in range(views)]
+    save_cameras(art / "train" / "cameras.json", cams)
+    (art / "train" / "caption.txt").write_text(caption)
+    files += ["train/cameras.json", "train/caption.txt"]
+    gt = ViewSet(
+        num_views=views,
+        num_frames=frames,
+        size_px=PX,
+        frame_template="train/v{view:02d}/rgba_{frame:05d}.png",
+        cameras_file="train/cameras.json",
+        source_indices=list(range(frames)),
+    )
+    RenderManifest(
+        subject=subject,
+        files=files,
+        config_sha256="0",
+        code_version="test",
+        input_dir="train/v00",
+        input_camera=cams[0].model_dump(),
+        gt=gt,
+        fps=8.0,
+        prompt=caption,
+        train_dir="train",
+    ).write(art)
+    return art
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rings")
+    write_ring(root, "cube-a", "a cube", 8, 24)  # one subject with three clips...
+    write_ring(root, "cube-b", "a cube", 8, 10)
+    write_ring(root, "cube-c", "a cube", 8, 10)
+    write_ring(root, "ball-a", "a ball", 8, 16)  # ...and one with a single clip
+    return root
+
+
+def tiny_config(**update) -> DemoModelConfig:
+    return load_config(DemoModelConfig, REPO / "configs/tiny/demo_model.yaml").model_copy(update=update)
+
+
+def decode(bank, index: int) -> tuple[int, int]:
+    """(view, frame) from an image's colour."""
+    pixel = bank.rgb[index, 8, 8]
+    return int(round(pixel[0] / 20)), int(round(pixel[1] / 10))
+
+
+def test_clip_stride_is_the_largest_that_fits():
+    assert [clip_stride(n, 8, 3) for n in (8, 14, 15, 16, 21, 22, 24, 100)] == [1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_windows_have_orthogonal_views_strided_frames_and_relative_cameras(data):
+    bank = load_clip_bank(data, PX, 4)
+    assert bank.subject_captions == ["a ball", "a cube"] and len(bank.rgb) == 8 * (24 + 10 + 10 + 16)
+    w = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(0), time_reversal=True)
+    reversed_count = 0
+    for i in range(200):
+        c = int(w.clips[i])
+        decoded = [[decode(bank, int(j)) for j in row] for row in w.views[i]]  # (F, 4) of (view, frame)
+        frames = [row[0][1] for row in decoded]
+        ring = [v for v, _ in decoded[0]]
+        assert all(row == [(v, f) for v in ring] for row, f in zip(decoded, frames, strict=True))
+        assert [(v - ring[0]) % 8 for v in ring] == [0, 2, 4, 6]  # 90° apart
+        steps = np.diff(frames)
+        stride = clip_stride(bank.num_frames[c], 4, 3)
+        assert set(np.abs(steps)) == {stride} and len(set(np.sign(steps))) == 1
+        reversed_count += steps[0] < 0
+        mono = {decode(bank, int(j))[0] for j in w.condition[i]}
+        assert len(mono) == 1 and [decode(bank, int(j))[1] for j in w.condition[i]] == frames
+        m = mono.pop()
+        rel = [((v - m) * 45.0) % 360.0 for v in ring]
+        np.testing.assert_allclose(w.cameras[i].numpy(), fourdm_camera_vectors(rel, 0.0), atol=1e-6)
+        assert bank.subject_captions[int(w.captions[i])] == bank.captions[c]
+    assert 60 < reversed_count < 140
+    # Subject-balanced: the single-clip subject gets half the windows, not a quarter.
+    counts = Counter(int(x) for x in sample_windows(bank, 2000, 4, 3, torch.Generator().manual_seed(1)).captions)
+    assert abs(counts[0] / 2000 - 0.5) < 0.04
+
+
+def test_too_short_clips_are_a_clear_error(data):
+    with pytest.raises(StageError, match="needs 12"):
+        load_clip_bank(data, PX, 12)
+
+
+def test_vae_loss_decreases_when_overfitting_a_batch(tmp_path):
+    cfg = tiny_config()
+    pipe = build_pipeline(cfg, tmp_path / "tok")
+    vae = pipe.vae.train().requires_grad_(True)
+    x = torch.rand(4, 3, PX, PX) * 2 - 1
+    mask = (torch.rand(4, 1, PX, PX) > 0.5).float()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = vae_loss(vae, x, mask, cfg, torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_checkpoint_round_trip_restores_weights_ema_and_moments(tmp_path):
+    cfg = tiny_config()
+    pipe = build_pipeline(cfg, tmp_path / "tok")
+    params = dict(pipe.unet.named_parameters())
+    for p in params.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params.values(), lr=1e-3)
+    sum(p.float().pow(2).sum() for p in params.values()).backward()
+    optimizer.step()
+    ema = {k: p.detach() * 0.5 for k, p in params.items()}
+    pipe.vae.register_to_config(scaling_factor=0.25)
+    save_checkpoint(tmp_path / "ckpt", pipe, ema, optimizer, TrainState(3, 7, 0.25, {"vae": 1.0}), "sha")
+
+    other = build_pipeline(cfg.model_copy(update={"seed": 9, "encoder_seed": 9}), tmp_path / "tok2")
+    other_ema = {k: torch.zeros_like(p) for k, p in other.unet.named_parameters()}
+    other_opt = torch.optim.AdamW(other.unet.parameters(), lr=1e-3)
+    state = load_checkpoint(tmp_path / "ckpt", other, other_ema, other_opt)
+    assert (state.vae_step, state.unet_step, state.scaling_factor) == (3, 7, 0.25)
+    assert other.vae.config.scaling_factor == 0.25
+    for name in ("unet", "vae", "text_encoder", "image_encoder"):
+        a, b = getattr(pipe, name).state_dict(), getattr(other, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert all(torch.equal(ema[k], other_ema[k]) for k in ema)
+    for name, p in other.unet.named_parameters():
+        saved, restored = optimizer.state[params[name]], other_opt.state[p]
+        assert torch.equal(restored["exp_avg"], saved["exp_avg"].to(torch.bfloat16).float())
+        assert float(restored["step"]) == float(saved["step"]) == 1.0
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    run(tiny_config(), data_dir=data, output_dir=out)
+    return out
+
+
+def test_tiny_run_exports_a_fourdm_folder_that_loads_and_samples(trained):
+    index = json.loads((trained / EXPORT / "model_index.json").read_text())
+    assert index == {"_class_name": "FourDMPipeline", **{k: v.__name__ for k, v in COMPONENTS.items()}}
+    pipe = load_fourdm(trained / EXPORT)
+    assert pipe.unet.dtype == torch.float32  # float16 files, upcast by the loader
+    state = json.loads((trained / CHECKPOINT / "state.json").read_text())
+    assert pipe.vae.config.scaling_factor == pytest.approx(state["scaling_factor"])
+    ema = load_file(str(trained / CHECKPOINT / "unet_ema.safetensors"))
+    exported = pipe.unet.state_dict()
+    assert all(torch.equal(exported[k], ema[k].half().float()) for k in ema)  # the EMA weights are what ships
+    frames = (np.random.default_rng(0).random((4, PX, PX, 3)) * 255).astype(np.uint8)
+    out = pipe(frames, "a cube", negative_prompt="", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (4, 4, PX, PX, 3) and np.isfinite(out.images).all()
+    log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["phase"] == "vae"] == [1, 2, 3]
+    assert [r["step"] for r in log if r["phase"] == "unet"] == [1, 2, 3, 4]
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["unet"]["steps"] == 4 and set(summary["samples"]) == {"cube-a", "ball-a"}
+    report = (trained / "report.md").read_text()
+    assert report.startswith("# Demo 4DM training run") and "| unet | 4 |" in report and "| cube-a |" in report
+    assert {p.name for p in (trained / "samples").iterdir()} == {
+        "cube-a.png",
+        "ball-a.png",
+        "metrics.json",
+        "vae_reconstructions.png",
+    }
+
+
+def test_rerun_resumes_from_the_checkpoint_and_a_lost_optimizer_warms_up_again(data, trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    vae_before = load_file(str(run_dir / CHECKPOINT / "vae.safetensors"))
+    (run_dir / CHECKPOINT / "unet_optimizer.safetensors").unlink()
+    run(tiny_config(unet_steps=6), data_dir=data, output_dir=run_dir)
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    unet_rows = [r for r in log if r["phase"] == "unet"]
+    assert [r["step"] for r in unet_rows] == [1, 2, 3, 4, 5, 6]  # the VAE did not train again
+    assert [r["lr"] for r in unet_rows[4:]] == pytest.approx([0.0005, 0.001])  # warm-up of 2 steps restarts
+    assert json.loads((run_dir / CHECKPOINT / "state.json").read_text())["unet_step"] == 6
+    vae_after = load_file(str(run_dir / CHECKPOINT / "vae.safetensors"))
+    assert all(torch.equal(vae_before[k], vae_after[k]) for k in vae_before)
+
+
+def test_export_only_rebuilds_the_same_folder_from_the_checkpoint(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / CHECKPOINT, run_dir / CHECKPOINT)
+    run(tiny_config(export_only=True), output_dir=run_dir)
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        a, b = (load_file(str(d / EXPORT / part)) for d in (trained, run_dir))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    with pytest.raises(StageError, match="no checkpoint"):
+        run(tiny_config(export_only=True), output_dir=tmp_path / "empty")
+
+
+def test_command_line_overrides_and_bad_keys(trained, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / CHECKPOINT, run_dir / CHECKPOINT)
+    config = str(REPO / "configs/tiny/demo_model.yaml")
+    assert main(["--config", config, "--output", str(run_dir), "--export-only", "--set", "export_dtype=float32"]) == 0
+    assert load_fourdm(run_dir / EXPORT).unet.dtype == torch.float32
+    unet = load_file(str(run_dir / EXPORT / "unet/diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in unet.values())  # the override reached the export
+    assert main(["--config", config, "--output", str(run_dir), "--set", "no_such_key=1"]) == 1
+    assert main(["--config", config, "--output", str(run_dir), "--set", "batch_size=zero"]) == 1
+    assert main(["--config", config, "--output", str(run_dir)]) == 1  # training needs --data
+    err = capsys.readouterr().err
+    assert "no_such_key" in err and "batch_size" in err and "--data is required" in err
+
+
+@pytest.mark.parametrize("path", ["configs/demo/demo_model.yaml", "configs/tiny/demo_model.yaml"])
+def test_configs_spell_every_field(path):
+    load_config(DemoModelConfig, REPO / path)
+    assert set(yaml.safe_load((REPO / path).read_text())) == set(DemoModelConfig.model_fields)
+
+
+def test_demo_size_model_maps_64px_frames_to_16px_latents(tmp_path):
+    cfg = load_config(DemoModelConfig, REPO / "configs/demo/demo_model.yaml")
+    pipe = build_pipeline(cfg, tmp_path / "tok")
+    latents = pipe.encode_latents(np.full((1, 64, 64, 3), 255, np.uint8), None)
+    assert latents.shape == (1, 4, 16, 16) and pipe.unet.config.sample_size == 16
+    assert pipe.encode_images(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 65, 64)
+    assert pipe.encode_text(["a low-poly red fox"]).shape == (1, 77, 64)
