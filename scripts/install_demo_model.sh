@@ -26,6 +26,10 @@ if [ -f "$FILES/unet_optimizer.safetensors" ]; then
     cp "$FILES/unet_optimizer.safetensors" "$RESUME/"
 fi
 tar -x -C "$RUN" -f "$FILES/report.tar"
+if [ ! -f "$RUN/report.md" ]; then  # runs of the trainer before report.md existed
+    "$PY" -c "import json, sys; from pathlib import Path; from stages.mvgen.training.demo_model import write_report; \
+run = Path(sys.argv[1]); write_report(run, json.loads((run / 'summary.json').read_text()))" "$RUN"
+fi
 cp "$FILES/report.tar" "$RESUME/"
 mkdir -p "$RUN/gpu" && tar -x -C "$RUN/gpu" -f "$FILES/fourdm.tar"
 

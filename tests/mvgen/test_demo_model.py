@@ -19,7 +19,7 @@ from stages.common.errors import StageError
 from stages.common.image_io import write_rgba
 from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm
 from stages.mvgen.training.demo_config import DemoModelConfig
-from stages.mvgen.training.demo_data import clip_stride, load_clip_bank, sample_windows
+from stages.mvgen.training.demo_data import clip_stride, front_view, load_clip_bank, sample_windows
 from stages.mvgen.training.demo_model import (
     CHECKPOINT,
     EXPORT,
@@ -124,6 +124,27 @@ def test_windows_have_orthogonal_views_strided_frames_and_relative_cameras(data)
     # Subject-balanced: the single-clip subject gets half the windows, not a quarter.
     counts = Counter(int(x) for x in sample_windows(bank, 2000, 4, 3, torch.Generator().manual_seed(1)).captions)
     assert abs(counts[0] / 2000 - 0.5) < 0.04
+
+
+def test_focus_windows_are_the_demo_setup_at_the_requested_rate(data):
+    bank = load_clip_bank(data, PX, 4)
+    focus = bank.names.index("ball-a")
+    w = sample_windows(bank, 1000, 4, 3, torch.Generator().manual_seed(2), True, focus, 0.75)
+    front = front_view(8)
+    assert front == 4  # the ring view at azimuth 0: −180° + 45°·4
+    picked = [i for i in range(1000) if int(w.clips[i]) == focus]
+    # 0.75 focus windows plus the ball's half of the others (two subjects, balanced)
+    assert abs(len(picked) / 1000 - (0.75 + 0.25 / 2)) < 0.04
+    focused = 0
+    for i in picked:
+        mono = {decode(bank, int(j))[0] for j in w.condition[i]}
+        ring = [decode(bank, int(j))[0] for j in w.views[i, 0]]
+        if mono == {front} and ring == [front, 6, 0, 2]:  # views at 0/90/180/270 from the front, in that order
+            focused += 1
+            np.testing.assert_allclose(
+                w.cameras[i].numpy(), fourdm_camera_vectors([0.0, 90.0, 180.0, 270.0], 0.0), atol=1e-6
+            )
+    assert focused >= 0.74 * 1000 * 0.98  # all focus windows (a random one matches by chance only rarely)
 
 
 def test_too_short_clips_are_a_clear_error(data):

@@ -98,6 +98,12 @@ class DemoModelConfig(StageConfig):
     frames at 8 fps); clips too short for it use the largest stride that fits."""
     time_reversal: bool = True
     """Play half of the windows backwards (motion augmentation)."""
+    focus_clip: str = ""
+    """A clip (render artifact name, e.g. `fox-survey`) to draw `focus_fraction` of the windows from exactly as the
+    demo uses it (front view in, 0/90/180/270 out); empty = none. A weighting of the training data toward the demo
+    subject, stated in the model card."""
+    focus_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of the windows drawn from `focus_clip`."""
     condition_dropout: float = Field(0.1, ge=0.0, le=1.0)
     """Probability of an unconditional window: reference latents and CLIP tokens zeroed and the caption emptied,
     cameras kept: exactly what the sampler's and SDS's unconditional branch feeds with an empty negative
@@ -116,7 +122,7 @@ class DemoModelConfig(StageConfig):
 
     unet_steps: int = Field(100000, ge=1)
     """UNet optimiser steps to reach over all runs; a run also stops at its time budget (`minutes`)."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     """Training windows per UNet step (each 8 frames × 5 slots)."""
     learning_rate: float = Field(4e-4, gt=0.0)
     """AdamW learning rate of the UNet (constant after warm-up; the EMA does the averaging)."""
@@ -128,6 +134,8 @@ class DemoModelConfig(StageConfig):
     """Gradient norm clip."""
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     """EMA of the UNet weights (warmed up as min(decay, (1+n)/(10+n))); the EMA weights are exported."""
+    compile_unet: bool = False
+    """Train through `torch.compile(unet)` (same parameters; compile time counts against the budget)."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     """bf16 autocast of the forward passes on CUDA (ignored on CPU)."""
     checkpoint_every: int = Field(1000, ge=1)

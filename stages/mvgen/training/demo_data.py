@@ -24,7 +24,7 @@ from stages.common.errors import StageError
 from stages.common.image_io import composite_on_white, read_rgba
 from stages.mvgen.training.dataset import ClipSource, find_clip_sources
 
-__all__ = ["ClipBank", "Windows", "load_clip_bank", "sample_windows", "clip_stride"]
+__all__ = ["ClipBank", "Windows", "load_clip_bank", "sample_windows", "clip_stride", "front_view"]
 
 
 @dataclass
@@ -119,6 +119,11 @@ def load_clip_bank(data_dir: Path, size_px: int, min_frames: int, threads: int =
     )
 
 
+def front_view(num_views: int) -> int:
+    """The ring view nearest azimuth 0 (the input camera), rings being at −180° + 360°·k / num_views."""
+    return min(range(num_views), key=lambda v: abs(((-180.0 + 360.0 * v / num_views) + 180.0) % 360.0 - 180.0))
+
+
 def clip_stride(num_frames_clip: int, window: int, max_stride: int) -> int:
     """The largest stride ≤ `max_stride` whose window of `window` frames fits a clip of `num_frames_clip` frames."""
     return max(1, min(max_stride, (num_frames_clip - 1) // (window - 1)))
@@ -131,8 +136,14 @@ def sample_windows(
     max_stride: int,
     generator: torch.Generator,
     time_reversal: bool = True,
+    focus_clip: int | None = None,
+    focus_fraction: float = 0.0,
 ) -> Windows:
-    """Draw `batch` windows (all randomness from the CPU `generator`)."""
+    """Draw `batch` windows (all randomness from the CPU `generator`).
+
+    With `focus_clip`, a window is drawn with probability `focus_fraction` from that clip as the demo sees it:
+    conditioned on the front view (`front_view`) and asking for the views at 0/90/180/270 from it.
+    """
     by_subject = [[c for c, s in enumerate(bank.subjects) if s == k] for k in range(len(bank.subject_captions))]
     views = np.zeros((batch, num_frames, 4), np.int64)
     condition = np.zeros((batch, num_frames), np.int64)
@@ -140,8 +151,12 @@ def sample_windows(
     captions = np.zeros(batch, np.int64)
     clips = np.zeros(batch, np.int64)
     for i in range(batch):
-        group = by_subject[int(torch.randint(len(by_subject), (1,), generator=generator))]
-        c = group[int(torch.randint(len(group), (1,), generator=generator))]
+        focus = focus_clip is not None and bool(torch.rand(1, generator=generator) < focus_fraction)
+        if focus:
+            c = focus_clip
+        else:
+            group = by_subject[int(torch.randint(len(by_subject), (1,), generator=generator))]
+            c = group[int(torch.randint(len(group), (1,), generator=generator))]
         n, nv = bank.num_frames[c], bank.num_views[c]
         stride = clip_stride(n, num_frames, max_stride)
         start = int(torch.randint(n - (num_frames - 1) * stride, (1,), generator=generator))
@@ -150,6 +165,8 @@ def sample_windows(
             frames = frames[::-1]
         mono = int(torch.randint(nv, (1,), generator=generator))
         base = int(torch.randint(nv, (1,), generator=generator))
+        if focus:
+            mono = base = front_view(nv)
         ring = [(base + k * (nv // 4)) % nv for k in range(4)]
         views[i] = [[bank.index(c, v, f) for v in ring] for f in frames]
         condition[i] = [bank.index(c, mono, f) for f in frames]

@@ -63,7 +63,13 @@ from stages.common.tracking import stage_run  # noqa: E402
 from stages.mvgen.models import FourDMUNet  # noqa: E402
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm, official_scheduler  # noqa: E402
 from stages.mvgen.training.demo_config import DemoModelConfig  # noqa: E402
-from stages.mvgen.training.demo_data import ClipBank, clip_stride, load_clip_bank, sample_windows  # noqa: E402
+from stages.mvgen.training.demo_data import (  # noqa: E402
+    ClipBank,
+    clip_stride,
+    front_view,
+    load_clip_bank,
+    sample_windows,
+)
 from stages.mvgen.training.train_fourdm import denoising_loss, dropout_mask, step_generator  # noqa: E402
 
 __all__ = [
@@ -438,11 +444,22 @@ def build_caches(pipe: FourDMPipeline, bank: ClipBank, rgb: Tensor, batch: int =
     return Caches(mean=mean * scale, std=std * scale, tokens=tokens, text=text)
 
 
-def unet_step_loss(pipe: FourDMPipeline, bank: ClipBank, caches: Caches, cfg: DemoModelConfig, step: int) -> Tensor:
-    """Eq. 7 on one batch of windows drawn for `step` (a pure function of seed and step)."""
+def unet_step_loss(
+    pipe: FourDMPipeline,
+    bank: ClipBank,
+    caches: Caches,
+    cfg: DemoModelConfig,
+    step: int,
+    denoiser: nn.Module | None = None,
+) -> Tensor:
+    """Eq. 7 on one batch of windows drawn for `step` (a pure function of seed and step); `denoiser` is the UNet
+    to call (e.g. a `torch.compile` of `pipe.unet`, sharing its parameters)."""
     device = pipe.device
     gen = step_generator(cfg.seed, step)
-    w = sample_windows(bank, cfg.batch_size, cfg.num_frames, cfg.max_frame_stride, gen, cfg.time_reversal)
+    focus = bank.names.index(cfg.focus_clip) if cfg.focus_clip else None
+    w = sample_windows(
+        bank, cfg.batch_size, cfg.num_frames, cfg.max_frame_stride, gen, cfg.time_reversal, focus, cfg.focus_fraction
+    )
     keep = (~dropout_mask(cfg.batch_size, cfg.condition_dropout, gen)).to(device)
     dev_gen = _device_generator(device, cfg.seed, step)
     views, cond = w.views.to(device), w.condition.to(device)
@@ -457,7 +474,15 @@ def unet_step_loss(pipe: FourDMPipeline, bank: ClipBank, caches: Caches, cfg: De
     empty = caches.text.shape[0] - 1
     text = caches.text[torch.where(keep, w.captions.to(device), empty)]  # (B, 77, D)
     return denoising_loss(
-        pipe.unet, pipe.scheduler, x0, ref, tokens, text, w.cameras.to(device), dev_gen, _autocast(cfg, device)
+        denoiser or pipe.unet,
+        pipe.scheduler,
+        x0,
+        ref,
+        tokens,
+        text,
+        w.cameras.to(device),
+        dev_gen,
+        _autocast(cfg, device),
     )
 
 
@@ -478,6 +503,7 @@ def train_unet(
     unet = pipe.unet
     unet.train().requires_grad_(True)
     params = dict(unet.named_parameters())
+    denoiser = torch.compile(unet) if cfg.compile_unet else unet
     t0 = time.monotonic()
     for step in range(state.unet_step, cfg.unet_steps):
         if time.monotonic() > deadline:
@@ -485,7 +511,7 @@ def train_unet(
         lr = cfg.learning_rate * min(1.0, (step - warm_from + 1) / max(1, cfg.warmup_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = unet_step_loss(pipe, bank, caches, cfg, step)
+        loss = unet_step_loss(pipe, bank, caches, cfg, step, denoiser)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
@@ -535,7 +561,7 @@ def eval_windows(bank: ClipBank, num_frames: int, max_stride: int) -> list[tuple
         clips = sorted((-bank.num_frames[c], bank.names[c], c) for c in members)
         c = clips[0][2]
         nv = bank.num_views[c]
-        view = min(range(nv), key=lambda v: abs(((-180.0 + 360.0 * v / nv) + 180.0) % 360.0 - 180.0))
+        view = front_view(nv)
         stride = clip_stride(bank.num_frames[c], num_frames, max_stride)
         out.append((c, view, [i * stride for i in range(num_frames)]))
     return out
@@ -619,6 +645,7 @@ def write_report(output_dir: Path, summary: dict) -> None:
         f"{summary['unet']['steps_per_s_this_run']} steps/s), {summary['unet']['windows_seen']:,} windows of 8 "
         "frames × 5 slots.",
         f"Seconds: {summary['seconds']}.",
+        f"Recipe of this run: {summary.get('recipe', 'not recorded')}.",
         "",
         "## Loss (mean over each logging interval)",
         "",
@@ -720,6 +747,8 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
     output_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     bank = load_clip_bank(Path(data_dir), cfg.size_px, cfg.num_frames)
+    if cfg.focus_clip and cfg.focus_clip not in bank.names:
+        raise StageError(f"focus_clip {cfg.focus_clip!r} is not among the clips of {data_dir}: {bank.names}")
     load_s = time.monotonic() - t0
     log.info(
         "data: %d clips, %d subjects, %d images at %d² (%.1f s)",
@@ -800,6 +829,14 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
                 "load_s": round(load_s, 2),
             },
             "parameters": counts,
+            "recipe": {
+                "batch_size": cfg.batch_size,
+                "learning_rate": cfg.learning_rate,
+                "condition_dropout": cfg.condition_dropout,
+                "focus_clip": cfg.focus_clip,
+                "focus_fraction": cfg.focus_fraction,
+                "compile_unet": cfg.compile_unet,
+            },
             "vae": {"steps": state.vae_step, "scaling_factor": state.scaling_factor, "recon_psnr_db": vae_psnr},
             "unet": {
                 "steps": state.unet_step,
