@@ -41,14 +41,13 @@ $(RENDER_STAMP): stages/render/requirements.txt
 ## Create .venv-render for the render stage (bpy 4.5.15 needs numpy<2, so it cannot share .venv)
 render-env: $(RENDER_STAMP)
 
-## Set up, then run the pipeline on the bundled example (examples/fox) with DVC; results under data/
+## Set up, then run the bundled example through preprocess → mvgen → distill → eval on the CPU (small 4DM of weights/demo)
 demo: setup
-	dvc repro --glob 'preprocess@*'
-	@if [ -f weights/fourdm/model_index.json ] && [ -d weights/eval/lpips ]; then \
-		dvc repro --glob 'distill@*' && dvc repro --glob 'eval@*'; \
-	else echo "demo: mvgen → distill → eval skipped: they need weights/fourdm and weights/eval/lpips (weights/README.md)"; fi
-	@echo "demo: frames in data/preprocess/fox/frames, preview data/preprocess/fox/preview.mp4; MLflow runs in"
-	@echo "      ./mlflow.db (make mlflow-ui). With weights: data/mvgen, data/distill, data/eval/fox/report.html."
+	@if [ -f weights/demo/fourdm/model_index.json ]; then dvc repro examples/fox/dvc.yaml; else \
+		dvc repro examples/fox/dvc.yaml:preprocess && \
+		echo "demo: mvgen → distill → eval skipped: weights/demo/fourdm is missing (weights/demo/README.md)"; fi
+	@echo "demo: results in data/demo/ (preprocess, mvgen, distill, eval); open data/demo/eval/fox/report.html and"
+	@echo "      data/demo/distill/fox/preview.mp4; metrics in reports/demo/fox.json; MLflow runs in ./mlflow.db (make mlflow-ui)"
 
 ## Aggregate every subject's eval metrics into reports/metrics.json (DVC metrics)
 report: setup

@@ -1,0 +1,54 @@
+"""`make demo`'s pipeline (examples/fox/dvc.yaml + configs/demo/) agrees with itself and with the demo model."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.common.config import StageConfig, load_config
+from stages.mvgen.training.demo_config import DemoModelConfig
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_STAGES = ("preprocess", "mvgen", "distill", "eval")
+
+
+def stage_config(stage: str) -> type[StageConfig]:
+    return getattr(importlib.import_module(f"stages.{stage}"), f"{stage.capitalize()}Config")
+
+
+def demo_dvc() -> dict:
+    return yaml.safe_load((REPO / "examples/fox/dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", [*DEMO_STAGES, "render"])
+def test_demo_configs_load_and_spell_every_field(stage):
+    path = REPO / "configs/demo" / f"{stage}.yaml"
+    load_config(stage_config(stage), path)
+    assert set(yaml.safe_load(path.read_text())) == set(stage_config(stage).model_fields), path
+
+
+@pytest.mark.parametrize("stage", DEMO_STAGES)
+def test_demo_stages_run_from_the_root_with_the_demo_config(stage):
+    do = demo_dvc()[stage]
+    cmd = " ".join(do["cmd"].split())
+    assert do["wdir"] == "../.."
+    assert cmd.startswith(f"python -m stages.{stage} --config configs/demo/{stage}.yaml")
+    assert do["params"] == [{f"configs/demo/{stage}.yaml": None}]
+    assert do["outs"] == [f"data/demo/{stage}/fox"] and f"stages/{stage}" in do["deps"]
+    if stage in ("mvgen", "distill"):
+        assert "--weights weights/demo/fourdm" in cmd and "weights/demo/fourdm" in do["deps"]
+
+
+def test_demo_configs_fit_the_demo_model():
+    model = load_config(DemoModelConfig, REPO / "configs/demo/demo_model.yaml")
+    load = lambda s: load_config(stage_config(s), REPO / "configs/demo" / f"{s}.yaml")  # noqa: E731
+    assert load("preprocess").size_px == model.size_px == load("render").size_px
+    assert load("preprocess").num_frames == model.num_frames
+    # The demo model's unconditional branch is the empty caption (condition dropout empties it).
+    assert load("mvgen").negative_prompt == "" and load("distill").guidance.negative_prompt == ""
+    # No VGG16 weights can be shipped: the LPIPS anchor term is off, so distill never reads --lpips.
+    assert load("distill").loss_weights.anchor_lpips == 0.0
+    assert load("distill").cameras.num_views == 4 and load("mvgen").window_frames <= model.unet.motion_max_len
