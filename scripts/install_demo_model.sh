@@ -9,7 +9,9 @@
 # 2. re-exports weights/demo/fourdm from the checkpoint with this machine's pinned libraries (export_only) and
 #    checks it against the folder the GPU exported, tensor for tensor;
 # 3. copies samples/, train_log.jsonl, summary.json and report.md to weights/demo/training/;
-# 4. keeps the parts in .carry/demo-resume/ so a second GPU call can resume (carry that folder too).
+# 4. packs a slim resume set in .carry/demo-resume/ (the checkpoint without the raw UNet weights and the AdamW
+#    moments, ~16 MB, plus train_log.jsonl): a second GPU call resumes from the EMA weights with a fresh AdamW and
+#    fits the 64 MiB carry beside .whl, the data and the committed weights. The full checkpoint stays in $RUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${1:?usage: scripts/install_demo_model.sh FILES_DIR}
@@ -20,17 +22,15 @@ RESUME=.carry/demo-resume
 
 rm -rf "$RUN" "$RESUME" && mkdir -p "$RUN" "$RESUME"
 cat "$FILES"/checkpoint.tar.part-* | tar -x -C "$RUN"
-cp "$FILES"/checkpoint.tar.part-* "$RESUME/"
-if [ -f "$FILES/unet_optimizer.safetensors" ]; then
-    cp "$FILES/unet_optimizer.safetensors" "$RUN/checkpoint/"
-    cp "$FILES/unet_optimizer.safetensors" "$RESUME/"
-fi
+if [ -f "$FILES/unet_optimizer.safetensors" ]; then cp "$FILES/unet_optimizer.safetensors" "$RUN/checkpoint/"; fi
+tar -cf - -C "$RUN" checkpoint/state.json checkpoint/vae.safetensors checkpoint/encoders.safetensors \
+    checkpoint/unet_ema.safetensors | split -b 15M - "$RESUME/checkpoint.tar.part-"
 tar -x -C "$RUN" -f "$FILES/report.tar"
 if [ ! -f "$RUN/report.md" ]; then  # runs of the trainer before report.md existed
     "$PY" -c "import json, sys; from pathlib import Path; from stages.mvgen.training.demo_model import write_report; \
 run = Path(sys.argv[1]); write_report(run, json.loads((run / 'summary.json').read_text()))" "$RUN"
 fi
-cp "$FILES/report.tar" "$RESUME/"
+cp "$RUN/train_log.jsonl" "$RESUME/"
 mkdir -p "$RUN/gpu" && tar -x -C "$RUN/gpu" -f "$FILES/fourdm.tar"
 
 FOURD_TRACKING=off "$PY" -m stages.mvgen.training.demo_model --config configs/demo/demo_model.yaml \

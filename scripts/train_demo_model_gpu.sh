@@ -13,8 +13,10 @@
 #       bash scripts/train_demo_model_gpu.sh
 #
 # $OUT receives: fourdm.tar (the exported FourDM folder), checkpoint.tar.part-aa/-ab (the resumable weights),
-# unet_optimizer.safetensors (AdamW moments; optional when resuming), report.tar (samples/, train_log.jsonl,
-# summary.json) and console.log.
+# unet_optimizer.safetensors (AdamW moments), report.tar (samples/, train_log.jsonl, summary.json, report.md) and
+# console.log. A resume set (.carry/demo-resume/: checkpoint.tar.part-* and train_log.jsonl, written by
+# scripts/install_demo_model.sh) may lack unet.safetensors and the moments: training then goes on from the EMA
+# weights with a fresh AdamW (warm-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder that comes back}"
@@ -32,8 +34,8 @@ python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2
 if compgen -G "$RESUME/checkpoint.tar.part-*" >/dev/null; then
     rm -rf "$RUN/checkpoint"
     cat "$RESUME"/checkpoint.tar.part-* | tar -x -C "$RUN"
-    [ -f "$RESUME/unet_optimizer.safetensors" ] && cp "$RESUME/unet_optimizer.safetensors" "$RUN/checkpoint/"
-    [ -f "$RESUME/report.tar" ] && tar -x -C "$RUN" -f "$RESUME/report.tar" train_log.jsonl
+    if [ -f "$RESUME/unet_optimizer.safetensors" ]; then cp "$RESUME/unet_optimizer.safetensors" "$RUN/checkpoint/"; fi
+    if [ -f "$RESUME/train_log.jsonl" ]; then cp "$RESUME/train_log.jsonl" "$RUN/"; fi
     echo "resuming from $(cat "$RUN/checkpoint/state.json" | tr -d '\n ')"
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -48,7 +50,7 @@ if [ -d "$RUN/checkpoint" ]; then
     [ -f "$RUN/checkpoint/unet_optimizer.safetensors" ] && cp "$RUN/checkpoint/unet_optimizer.safetensors" "$OUT/"
 fi
 report=()
-for f in samples train_log.jsonl summary.json; do [ -e "$RUN/$f" ] && report+=("$f"); done
+for f in samples train_log.jsonl summary.json report.md; do [ -e "$RUN/$f" ] && report+=("$f"); done
 [ ${#report[@]} -gt 0 ] && tar -cf "$OUT/report.tar" -C "$RUN" "${report[@]}"
 ls -l "$OUT"
 exit "$status"

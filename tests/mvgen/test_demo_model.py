@@ -198,6 +198,22 @@ def test_checkpoint_round_trip_restores_weights_ema_and_moments(tmp_path):
         assert float(restored["step"]) == float(saved["step"]) == 1.0
 
 
+def test_slim_checkpoint_without_raw_weights_resumes_from_the_ema(tmp_path):
+    cfg = tiny_config()
+    pipe = build_pipeline(cfg, tmp_path / "tok")
+    ema = {k: torch.randn_like(p) for k, p in pipe.unet.named_parameters()}
+    save_checkpoint(tmp_path / "ckpt", pipe, ema, None, TrainState(3, 5, 0.5), "sha")
+    (tmp_path / "ckpt" / "unet.safetensors").unlink()
+    other = build_pipeline(cfg.model_copy(update={"seed": 9}), tmp_path / "tok2")
+    other_ema = {k: torch.zeros_like(p) for k, p in other.unet.named_parameters()}
+    assert load_checkpoint(tmp_path / "ckpt", other, other_ema, None).unet_step == 5
+    for k, p in other.unet.named_parameters():
+        assert torch.equal(p, ema[k]) and torch.equal(other_ema[k], ema[k])
+    (tmp_path / "ckpt" / "unet_ema.safetensors").unlink()
+    with pytest.raises(StageError, match="neither"):
+        load_checkpoint(tmp_path / "ckpt", other, other_ema, None)
+
+
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "run"

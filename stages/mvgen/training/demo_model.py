@@ -216,6 +216,8 @@ class TrainState:
     unet_step: int = 0
     scaling_factor: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+    """Training windows the UNet has seen over all runs."""
 
 
 def _encoder_state(pipe: FourDMPipeline) -> dict[str, Tensor]:
@@ -268,6 +270,7 @@ def save_checkpoint(
         "vae_step": state.vae_step,
         "unet_step": state.unet_step,
         "scaling_factor": state.scaling_factor,
+        "windows": state.windows,
         "seconds": state.seconds,
         "config_sha256": config_sha,
     }
@@ -314,15 +317,25 @@ def load_checkpoint(
         unet_step=int(meta["unet_step"]),
         scaling_factor=meta["scaling_factor"],
         seconds=dict(meta.get("seconds", {})),
+        windows=int(meta.get("windows", 0)),
     )
     if state.scaling_factor is not None:
         pipe.vae.register_to_config(scaling_factor=float(state.scaling_factor))
     if state.unet_step > 0:
-        restore(pipe.unet, load_file(str(directory / "unet.safetensors")), "unet.safetensors")
+        raw, averaged = directory / "unet.safetensors", directory / "unet_ema.safetensors"
+        if not raw.is_file() and not averaged.is_file():
+            raise StageError(f"{directory}: UNet step {state.unet_step} but neither {raw.name} nor {averaged.name}")
+        if raw.is_file():
+            restore(pipe.unet, load_file(str(raw)), raw.name)
+        else:  # a slim resume pack (scripts/install_demo_model.sh): training goes on from the EMA weights
+            log.info("%s has no %s: training resumes from the EMA weights", directory, raw.name)
+            with torch.no_grad():
+                for k, v in load_file(str(averaged)).items():
+                    pipe.unet.get_parameter(k).copy_(v.to(device))
         if ema is not None:
             saved = (
-                load_file(str(directory / "unet_ema.safetensors"))
-                if (directory / "unet_ema.safetensors").is_file()
+                load_file(str(averaged))
+                if averaged.is_file()
                 else {k: p.detach() for k, p in pipe.unet.named_parameters()}
             )
             for k in ema:
@@ -521,6 +534,7 @@ def train_unet(
             keys = list(ema)
             torch._foreach_lerp_([ema[k] for k in keys], [params[k].detach() for k in keys], 1.0 - decay)
         state.unet_step = step + 1
+        state.windows += cfg.batch_size
         logger.add("unet", state.unet_step, loss, {"grad_norm": grad_norm}, lr)
         if state.unet_step % cfg.checkpoint_every == 0:
             state.seconds["unet"] = state.seconds.get("unet", 0.0) + time.monotonic() - t0
@@ -842,7 +856,7 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
                 "steps": state.unet_step,
                 "steps_this_run": steps_run,
                 "steps_per_s_this_run": round(steps_run / unet_s, 3) if unet_s > 0 else None,
-                "windows_seen": state.unet_step * cfg.batch_size,
+                "windows_seen": state.windows,
                 "last_logged_loss": logger.last.get("unet"),
             },
             "seconds": {**{k: round(v, 1) for k, v in state.seconds.items()}, "caches": round(cache_s, 1)},
