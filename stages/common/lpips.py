@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from stages.common.checkpoints import load_exact
 from stages.common.errors import StageError
 
 __all__ = [
@@ -239,8 +240,10 @@ def load_lpips_vgg(
     if widths is None:
         widths = _widths_of(backbone, backbone_file)
     model = LPIPSVGG(input_range=input_range, channel_norm=channel_norm, widths=widths)
-    _load_exact(model.net, backbone, backbone_file, "the VGG16 backbone (`features.*`)")
-    _load_exact(model, heads, heads_file, "the LPIPS heads (`lin{0..4}.model.1.weight`)", prefix="lin")
+    load_exact(model.net, backbone, backbone_file, what="the VGG16 backbone (`features.*`) of LPIPS-VGG")
+    load_exact(
+        model, heads, heads_file, prefix="lin", what="the LPIPS heads (`lin{0..4}.model.1.weight`) of LPIPS-VGG"
+    )
     return model.eval().requires_grad_(False)
 
 
@@ -284,24 +287,3 @@ def _widths_of(backbone: dict[str, Tensor], source: Path) -> tuple[int, ...]:
             f"{source}: not the LPIPS-VGG backbone: expected VGG16's 13 `features.*` convolutions, found {len(convs)}"
         )
     return tuple(int(backbone[k].shape[0]) for k in convs)
-
-
-def _load_exact(module: nn.Module, state: dict[str, Tensor], source: Path, what: str, *, prefix: str = "") -> None:
-    """Load the entries of `module.state_dict()` starting with `prefix` from `state`, key for key, shape for shape."""
-    expected = {k: v for k, v in module.state_dict().items() if k.startswith(prefix)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys, e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} shape mismatches, e.g. {k}: {tuple(state[k].shape)} ≠ {tuple(expected[k].shape)}"
-            )
-        raise StageError(f"{source}: not {what} of LPIPS-VGG ({'; '.join(parts)})")
-    module.load_state_dict({**module.state_dict(), **state}, strict=True)

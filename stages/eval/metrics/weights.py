@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from stages.common.checkpoints import load_exact
 from stages.common.errors import StageError
 
 __all__ = ["MissingWeights", "load_state_dict_file", "load_exact", "require"]
@@ -48,30 +49,6 @@ def load_state_dict_file(path: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise StageError(f"{path}: expected a mapping of parameter names to tensors")
     return state
-
-
-def load_exact(module: nn.Module, state: dict[str, Tensor], source: Path, *, prefix: str = "") -> None:
-    """Load `state` into the parameters and buffers of `module` whose names start with `prefix`, exactly.
-
-    Raises:
-        StageError: keys missing from or unknown to the network, or shapes that differ (names the file).
-    """
-    expected = {k: v for k, v in module.state_dict().items() if k.startswith(prefix)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys, e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
-        if wrong:
-            k = wrong[0]
-            shapes = f"{tuple(state[k].shape)} ≠ {tuple(expected[k].shape)}"
-            parts.append(f"{len(wrong)} shape mismatches, e.g. {k}: {shapes}")
-        raise StageError(f"{source}: not the expected checkpoint for {type(module).__name__} ({'; '.join(parts)})")
-    module.load_state_dict({**module.state_dict(), **state}, strict=True)
 
 
 def require(weights_dir: Path | None, *paths: Path) -> None:
