@@ -44,6 +44,20 @@ def timed(fn, warmup: int, repeats: int) -> float:
     return start.elapsed_time(end) / repeats
 
 
+def timings(forward, forward_backward, n: int, warmup: int, repeats: int) -> dict:
+    """Times of the two callables over n points, throughputs and the peak memory."""
+    torch.cuda.reset_peak_memory_stats()
+    fwd = timed(forward, warmup, repeats)
+    fwd_bwd = timed(forward_backward, warmup, repeats)
+    return {
+        "forward_ms": fwd,
+        "forward_backward_ms": fwd_bwd,
+        "forward_mpoints_per_s": n / fwd / 1e3,
+        "forward_backward_mpoints_per_s": n / fwd_bwd / 1e3,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
 def measure(grids: tuple[torch.nn.Module, torch.nn.Module], points: torch.Tensor, warmup: int, repeats: int) -> dict:
     g3, g4 = grids
     grad = torch.randn(points.shape[0], g3.output_dim, device=points.device)
@@ -59,17 +73,7 @@ def measure(grids: tuple[torch.nn.Module, torch.nn.Module], points: torch.Tensor
         a, b = g3(x3), g4(points)
         torch.autograd.backward([a, b], [grad.to(a.dtype), grad.to(b.dtype)])
 
-    torch.cuda.reset_peak_memory_stats()
-    fwd = timed(forward, warmup, repeats)
-    fwd_bwd = timed(forward_backward, warmup, repeats)
-    n = points.shape[0]
-    return {
-        "forward_ms": fwd,
-        "forward_backward_ms": fwd_bwd,
-        "forward_mpoints_per_s": n / fwd / 1e3,
-        "forward_backward_mpoints_per_s": n / fwd_bwd / 1e3,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-    }
+    return timings(forward, forward_backward, points.shape[0], warmup, repeats)
 
 
 def make(backend: str, reference: tuple[HashGridEncoding, HashGridEncoding]) -> tuple[HashGridEncoding, ...]:
@@ -217,17 +221,7 @@ def measure_pair(pair: _Pair, points: torch.Tensor, warmup: int, repeats: int) -
         pair.g3.params.grad = pair.g4.params.grad = None
         pair(points).backward(grad)
 
-    torch.cuda.reset_peak_memory_stats()
-    fwd = timed(forward, warmup, repeats)
-    fwd_bwd = timed(forward_backward, warmup, repeats)
-    n = points.shape[0]
-    return {
-        "forward_ms": fwd,
-        "forward_backward_ms": fwd_bwd,
-        "forward_mpoints_per_s": n / fwd / 1e3,
-        "forward_backward_mpoints_per_s": n / fwd_bwd / 1e3,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-    }
+    return timings(forward, forward_backward, points.shape[0], warmup, repeats)
 
 
 class _TcnnAsGrid(torch.nn.Module):
