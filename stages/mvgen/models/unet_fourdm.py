@@ -20,6 +20,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from stages.mvgen.models.attention import SpatialTransformer3D
 from stages.mvgen.models.motion_module import VanillaTemporalModule
@@ -78,7 +79,7 @@ class FourDMUNet(ModelMixin, ConfigMixin):
         sample_size: latent side the model was trained at (32); informational.
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -106,6 +107,8 @@ class FourDMUNet(ModelMixin, ConfigMixin):
         sample_size: int = 32,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = False
+        """Recompute each block's activations in the backward pass (`enable_gradient_checkpointing()`)."""
         groups = norm_num_groups
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -215,12 +218,22 @@ class FourDMUNet(ModelMixin, ConfigMixin):
         emb = emb + self.camera_embed(camera.to(sample.dtype))
         context = torch.cat([encoder_hidden_states, self.image_embed(image_hidden_states.to(sample.dtype))], dim=1)
 
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            # Each block's activations are recomputed in the backward pass (non-reentrant: gradients also reach
+            # the inputs that need none, and the RNG state is replayed).
+            def run(block: UNetBlock, h: Tensor) -> Tensor:
+                return checkpoint(block, h, emb, context, num_frames, num_views, use_reentrant=False)
+        else:
+
+            def run(block: UNetBlock, h: Tensor) -> Tensor:
+                return block(h, emb, context, num_frames, num_views)
+
         skips = []
         h = sample
         for block in self.input_blocks:
-            h = block(h, emb, context, num_frames, num_views)
+            h = run(block, h)
             skips.append(h)
-        h = self.middle_block(h, emb, context, num_frames, num_views)
+        h = run(self.middle_block, h)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, num_frames, num_views)
+            h = run(block, torch.cat([h, skips.pop()], dim=1))
         return self.out(h)

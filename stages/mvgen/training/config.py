@@ -38,6 +38,9 @@ class TrainConfig(StageConfig):
     """Training resolution (paper: 256)."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """bf16 autocast for the forward pass (fp32 master weights)."""
+    gradient_checkpointing: bool = False
+    """Recompute each UNet block's activations in the backward pass instead of keeping them (less memory, about
+    a third more compute; gradients are unchanged)."""
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     """Exponential moving average of the trained weights (0 = off); the EMA weights are what gets exported."""
     checkpoint_every: int = Field(500, ge=1)

@@ -7,7 +7,9 @@ monocular video, its cameras and a caption, with condition dropout for classifie
 Paper mode trains only the motion modules (ImageDream frozen); scratch mode trains the whole UNet. The VAE and
 the CLIP encoders are always frozen. Runs resume from their last atomic checkpoint; every step draws its clips,
 noise, timesteps and dropout from a generator derived from (seed, step, rank), so a resumed run is identical to
-an uninterrupted one. Data parallel over any number of GPUs with `torchrun --nproc_per_node N`.
+an uninterrupted one. Data parallel over any number of GPUs with `torchrun --nproc_per_node N`: micro-batch k of
+the global batch draws the same clips and noise whichever rank runs it, so N GPUs follow the loss curve of one GPU
+with N-fold gradient accumulation (benchmarks/train_scaling.py measures both side by side).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import logging
 import os
 import shutil
+import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +32,7 @@ from torch import Tensor
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.logs import progress
-from stages.common.tracking import stage_run
+from stages.common.tracking import Tracker, stage_run
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
 from stages.mvgen.training.config import TrainConfig
 from stages.mvgen.training.dataset import TrainSample, find_clip_sources, sample_clip
@@ -37,12 +41,18 @@ __all__ = ["run", "training_loss", "denoising_loss", "dropout_mask", "step_gener
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
+TRAIN_LOG = "train_log.jsonl"
+SUMMARY = "summary.json"
 VIEWS, SLOTS = 4, 5  # generated views; + the reference slot
 
 
-def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
-    """The generator of one micro-batch: a pure function of (seed, step, rank, micro)."""
-    return torch.Generator().manual_seed(hash((seed, step, rank, micro)) % (2**63))
+def step_generator(seed: int, step: int, index: int = 0) -> torch.Generator:
+    """The generator of micro-batch `index` of optimiser step `step`: a pure function of (seed, step, index).
+
+    `index` counts micro-batches over the whole global batch (rank · accumulation + micro), so a global batch
+    draws the same clips, noise, timesteps and dropout on any number of GPUs.
+    """
+    return torch.Generator().manual_seed(hash((seed, step, index)) % (2**63))
 
 
 def dropout_mask(batch: int, p: float, generator: torch.Generator) -> Tensor:
@@ -191,7 +201,9 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
     Args:
         data_dir: a render artifact with `train/`, or a folder of them (render batch output).
         weights_dir: FourDM weights to start from (converted official weights, or a small model's).
-        output_dir: run folder: checkpoint/, weights/ (the result), and nothing else.
+        output_dir: run folder: checkpoint/, weights/ (the result), train_log.jsonl (loss and throughput per
+            `log_every` steps, appended across resumes) and summary.json (this invocation's throughput and peak
+            GPU memory).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -213,6 +225,8 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
     sources = find_clip_sources(data_dir)
     pipe = load_fourdm(weights_dir).to(device)
     params = _trainable(pipe, config.mode)
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
     model = pipe.unet
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -235,19 +249,30 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
         world,
         accumulation,
     )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
-    with stage_run("mvgen-train", config, subject=Path(data_dir).name) as tracker:
+    subject = Path(data_dir).name
+    tracking = stage_run("mvgen-train", config, subject=subject) if rank == 0 else nullcontext(Tracker(None))
+    with tracking as tracker:
         pipe.unet.train()
-        for step in progress(range(start, config.num_steps), desc="4DM training"):
+        steps = range(start, config.num_steps)
+        steps = progress(steps, desc="4DM training") if rank == 0 else steps  # one bar, not one per GPU
+        began = last_time = time.perf_counter()
+        last_step = start
+        for step in steps:
             total = 0.0
             for micro in range(accumulation):
-                gen = step_generator(config.seed, step, rank, micro)
+                gen = step_generator(config.seed, step, rank * accumulation + micro)
                 samples = [
                     sample_clip(sources, config.num_frames, config.frame_stride, config.size_px, gen)
                     for _ in range(config.micro_batch_size)
                 ]
-                loss = training_loss(pipe, samples, gen, config.condition_dropout, autocast, model) / accumulation
-                loss.backward()
+                # Gradients are all-reduced once per optimiser step, on the last micro-batch.
+                sync = model.no_sync() if world > 1 and micro < accumulation - 1 else nullcontext()
+                with sync:
+                    loss = training_loss(pipe, samples, gen, config.condition_dropout, autocast, model) / accumulation
+                    loss.backward()
                 total += float(loss.detach())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -256,11 +281,23 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
                     for k, p in params.items():
                         ema[k].lerp_(p.detach(), 1.0 - config.ema_decay)
             done = step + 1
-            if rank == 0 and (done % config.log_every == 0 or done == config.num_steps):
-                tracker.log_metrics({"train/loss": total}, step=done)
+            if done % config.log_every == 0 or done == config.num_steps:  # every rank: the loss is all-reduced
+                loss_mean = _mean_over_ranks(total, device, world)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                now = time.perf_counter()
+                clips_per_s = (done - last_step) * config.batch_size / (now - last_time)
+                last_time, last_step = now, done
+                if rank == 0:
+                    tracker.log_metrics({"train/loss": loss_mean, "train/clips_per_s": clips_per_s}, step=done)
+                    record = {"step": done, "loss": loss_mean, "clips_per_s": clips_per_s, "elapsed_s": now - began}
+                    with open(output_dir / TRAIN_LOG, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(record) + "\n")
             if rank == 0 and (done % config.checkpoint_every == 0 or done == config.num_steps):
                 _save_checkpoint(output_dir, done, params, optimizer, ema)
+        wall = time.perf_counter() - began
         if rank == 0:
+            _write_summary(output_dir, config, start, world, accumulation, wall, device)
             if ema is not None:
                 with torch.no_grad():
                     for k, p in params.items():
@@ -271,5 +308,41 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
             pipe.save_pretrained(export)
             log.info("exported %s", export)
     if world > 1:
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return output_dir / "weights"
+
+
+def _mean_over_ranks(value: float, device: torch.device, world: int) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t) / world
+
+
+def _write_summary(
+    output_dir: Path,
+    config: TrainConfig,
+    start: int,
+    world: int,
+    accumulation: int,
+    wall: float,
+    device: torch.device,
+) -> None:
+    """summary.json of this invocation: steps, GPUs, wall time, clips/s, rank 0's peak GPU memory."""
+    steps = config.num_steps - start
+    summary = {
+        "steps": steps,
+        "first_step": start,
+        "world_size": world,
+        "accumulation": accumulation,
+        "batch_size": config.batch_size,
+        "micro_batch_size": config.micro_batch_size,
+        "wall_s": wall,
+        "clips_per_s": steps * config.batch_size / wall if wall > 0 else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "peak_memory_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_memory_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
+    }
+    (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
