@@ -1,4 +1,5 @@
-"""Orchestration of the stages: the Prefect flow `fourd` (flows/fourd.py) and its workspaces (flows/workspace.py).
+"""Orchestration of the stages: the Prefect flows `fourd` and `fourd_batch` (flows/fourd.py), their workspaces
+(flows/workspace.py) and the machine's GPU pool (flows/gpus.py).
 
 `STAGE_ORDER` is the order in which a subject's stages run; a consistency test keeps it equal to the
 topological order of dvc.yaml, so the flow and `dvc repro` never disagree.
@@ -9,4 +10,5 @@ STAGE_ORDER: tuple[str, ...] = ("render", "preprocess", "mvgen", "distill", "eva
 a rendered ground truth)."""
 
 GPU_STAGES: frozenset[str] = frozenset({"mvgen", "distill"})
-"""Stages whose Prefect tasks carry the `gpu` tag (a concurrency limit of 1 per GPU: `make prefect-setup`)."""
+"""Stages that run on a slot of the GPU pool (flows/gpus.py: one stage per GPU, `CUDA_VISIBLE_DEVICES=<device>`);
+their Prefect tasks also carry the `gpu` tag, whose concurrency limit `make prefect-setup` sets to the GPU count."""

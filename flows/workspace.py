@@ -7,9 +7,13 @@ config path per stage (`--config configs/<stage>.yaml`, house style §8.6) and n
 yet `tiny` or any other set runs under DVC with its own dvc.lock, outputs and `dvc params diff`. The copy
 shares the repository's DVC cache, so registered videos and unchanged outputs are not stored twice.
 
-DVC holds a repository lock for a whole `dvc repro` (a second one gives up after 3 s), so every DVC call of
-the flow goes through `workspace_lock`: an advisory `flock` per workspace, waited on, released by the
-kernel if the holder dies. Runs in different workspaces proceed in parallel.
+DVC gives up after 3 s when another DVC process holds the repository's lock, so every DVC call of the flow
+goes through `workspace_lock`: an advisory `flock` per workspace, waited on, released by the kernel if the
+holder dies. The lock covers DVC's bookkeeping only (`dvc status`, `dvc commit`, registration, the workspace
+sync), never a stage's command: the flow (flows/fourd.py) runs the commands of several subjects at once in one
+workspace, and syncing therefore stages only the files it copies (a stage's output that is being written, and
+not yet git-ignored by DVC, stays out of the workspace's git). Runs in different workspaces proceed in
+parallel.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "WorkspaceError",
     "config_set_files",
     "find_repo",
+    "instance_lock",
     "prepare_workspace",
     "register_subject",
     "run_dvc",
@@ -104,6 +109,19 @@ def check_name(kind: str, name: str) -> str:
 def workspace_lock(workspace: Path) -> Iterator[None]:
     """Hold the workspace's flow lock (blocking): one DVC call or registration at a time per workspace."""
     path = Path(workspace) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def instance_lock(workspace: Path, instance: str) -> Iterator[None]:
+    """Hold one stage instance's lock (blocking): two flow runs never bring the same instance up to date at once."""
+    path = Path(workspace) / LOCK_FILE.parent / f"fourd-stage-{instance.replace('@', '-at-')}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -211,15 +229,14 @@ def prepare_workspace(repo: Path, config_set: str) -> Path:
         copied = [f for f in _visible_files(repo) if f != "dvc.lock" and not f.startswith(f"{WORKSPACES_DIR}/")]
         for rel in sorted(previous - set(copied)):
             (ws / rel).unlink(missing_ok=True)
-        for rel in copied:
-            src, dst = repo / rel, ws / rel
+        # The set's files go straight to configs/<stage>.yaml: a file a stage of another subject may be reading
+        # right now is written only when its content changes, never first with the committed config.
+        sources = {rel: repo / rel for rel in copied} | {f"configs/{s}.yaml": src for s, src in files.items()}
+        for rel, src in sources.items():
+            dst = ws / rel
             if not dst.is_file() or dst.read_bytes() != src.read_bytes():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-        for stage, src in files.items():
-            dst = ws / "configs" / f"{stage}.yaml"
-            if dst.read_bytes() != src.read_bytes():
-                shutil.copyfile(src, dst)
         kept = [s for s in STAGE_ORDER if s not in files and (repo / "configs" / f"{s}.yaml").is_file()]
         if kept:
             log.info("config set %s has no file for %s: they run with configs/<stage>.yaml", config_set, kept)
@@ -234,15 +251,35 @@ def prepare_workspace(repo: Path, config_set: str) -> Path:
             _git(ws, "init", "-q")
         # The repository's cache: outputs and registered videos are stored once, and checkouts link from it.
         _dvc_ok(ws, ["cache", "dir", "--local", str(repo / ".dvc" / "cache")], lock=False)
-        _git(ws, "add", "-A")
-        if _git(ws, "status", "--porcelain").strip():
-            _git(ws, "commit", "-q", "--no-verify", "-m", f"fourd workspace {config_set} from {source_revision(repo)}")
+        _commit_sync(ws, [*copied, *sorted(previous - set(copied))], f"fourd workspace {config_set}", repo)
         dvc_files = (
             [str(p.relative_to(ws)) for p in sorted((ws / "data").rglob("*.dvc"))] if (ws / "data").is_dir() else []
         )
         if dvc_files:
             _dvc_ok(ws, ["checkout", *dvc_files], lock=False)
     return ws
+
+
+def _commit_sync(ws: Path, paths: Sequence[str], message: str, repo: Path) -> None:
+    """Commit what the sync copied or removed, plus DVC's own files (dvc.lock, the outputs' .gitignore).
+
+    Not `git add -A`: a stage of another subject may be writing its output right now (untracked until its
+    `dvc commit` adds it to a .gitignore), and git must never track an output DVC is about to own.
+    """
+    tracked = set(_git(ws, "ls-files", "-z").split("\0"))
+    ignores = _git(ws, "ls-files", "-z", "--cached", "--others", "--exclude-standard", ":(glob)**/.gitignore")
+    dvc_files = ["dvc.lock", *filter(None, ignores.split("\0"))]
+    wanted = [p for p in dict.fromkeys([*paths, *dvc_files]) if p in tracked or (ws / p).is_file()]
+    proc = subprocess.run(
+        ["git", "add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"],
+        cwd=ws,
+        input="\0".join(wanted).encode(),
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise WorkspaceError(f"git add in {ws}: {proc.stderr.decode(errors='replace').strip()}")
+    if _git(ws, "diff", "--cached", "--name-only").strip():
+        _git(ws, "commit", "-q", "--no-verify", "-m", f"{message} from {source_revision(repo)}")
 
 
 def _params(workspace: Path) -> dict:
@@ -304,9 +341,10 @@ def subjects(workspace: Path) -> dict[str, dict]:
 
 
 def _sha256(path: Path) -> str:
+    """Content hash of a file, or of a folder's files (names and bytes; a folder's prompt.txt left out)."""
     h = hashlib.sha256()
     for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if f.is_file():
+        if f.is_file() and not (path.is_dir() and f.relative_to(path).as_posix() == "prompt.txt"):
             h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
             h.update(f.read_bytes())
     return h.hexdigest()
@@ -317,8 +355,9 @@ def register_subject(
 ) -> str:
     """Add a video (or frame folder) as a subject: copy to `data/raw/<subject>/`, `dvc add` it, list it in params.yaml.
 
-    The copy is `data/raw/<subject>/video<ext>` (a folder's frames keep their names) with the prompt, when
-    given, in `prompt.txt` beside it (preprocess reads it). Registering the same content again is a no-op;
+    The copy is `data/raw/<subject>/video<ext>`, or `data/raw/<subject>/frames/` for a folder (its frames keep
+    their names), with the prompt, when given, in `prompt.txt` where preprocess reads it: beside the video, or
+    inside the frame folder (replacing the folder's own). Registering the same content again is a no-op;
     other content under an existing name is an error. params.yaml keeps its comments (ruamel round trip).
 
     Returns:
@@ -336,6 +375,8 @@ def register_subject(
     target = raw / (f"video{video.suffix.lower()}" if video.is_file() else "frames")
     # A registered video is an arbitrary clip: preprocess recentres it (`framing: keep` is for rendered inputs).
     entry = {"input": target.relative_to(repo).as_posix(), "fps": float(fps), "framing": "recenter"}
+    # Where preprocess looks for the prompt: beside a video file, inside a frame folder (stages/preprocess/run.py).
+    prompt_file = (target if video.is_dir() else raw) / "prompt.txt"
 
     from ruamel.yaml import YAML  # DVC's own YAML library: keeps params.yaml's comments
 
@@ -347,7 +388,7 @@ def register_subject(
         existing = (params.get("subjects") or {}).get(name)
         if existing is not None:
             same_input = dict(existing).get("input") == entry["input"] and target.exists()
-            if same_input and _sha256(target) == _sha256(video) and _prompt_matches(raw, prompt):
+            if same_input and _sha256(target) == _sha256(video) and _prompt_matches(prompt_file, prompt):
                 log.info("subject %s is already registered with this video", name)
                 return name
             raise WorkspaceError(
@@ -361,7 +402,7 @@ def register_subject(
         else:
             shutil.copytree(video, target)
         if prompt:
-            (raw / "prompt.txt").write_text(prompt.strip() + "\n")
+            prompt_file.write_text(prompt.strip() + "\n")
         _dvc_ok(repo, ["add", raw.relative_to(repo).as_posix()], lock=False)
         if params.get("subjects") is None:
             params["subjects"] = {}
@@ -372,8 +413,7 @@ def register_subject(
     return name
 
 
-def _prompt_matches(raw: Path, prompt: str | None) -> bool:
-    path = raw / "prompt.txt"
+def _prompt_matches(path: Path, prompt: str | None) -> bool:
     if not prompt:
         return True
     return path.is_file() and path.read_text().strip() == prompt.strip()

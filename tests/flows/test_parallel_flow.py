@@ -1,0 +1,163 @@
+"""Several subjects at once (`fourd_batch`, tiny configs and weights) on a fake two-GPU pool: on a CPU the device
+ids are only values of CUDA_VISIBLE_DEVICES, but which stage held which slot, and when, is what the pool decides.
+
+One module-scoped repository copy: the first test runs fox and a registered frame folder through preprocess and
+mvgen concurrently on FOURD_GPUS=0,1; the second reruns both mvgens on FOURD_GPUS=0 (one slot). mvgen stands for
+every GPU stage (distill takes its slot the same way, and the chain test runs it); one thread per stage process,
+so that two of them share this machine's cores without oversubscription.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("prefect")
+pytest.importorskip("dvc")
+
+import flows.fourd as fourd_module  # noqa: E402
+from flows import GPU_STAGES  # noqa: E402
+from flows.fourd import fourd_batch  # noqa: E402
+from flows.workspace import WORKSPACES_DIR, prepare_workspace  # noqa: E402
+from stages.common.artifacts import MvgenManifest, PreprocessManifest  # noqa: E402
+
+STAGES = ["preprocess", "mvgen"]
+
+
+def dvc(ws: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def gpu_runs(summary: dict) -> list[tuple[str, str, float, float]]:
+    """(instance, device, started, finished) of every GPU stage that ran."""
+    return [
+        (r["instance"], r["gpu"], r["started"], r["finished"])
+        for res in summary["subjects"].values()
+        for stage, r in res["stages"].items()
+        if stage in GPU_STAGES and r["ran"]
+    ]
+
+
+def overlap(a: tuple, b: tuple) -> bool:
+    return a[2] < b[3] and b[2] < a[3]
+
+
+@pytest.fixture
+def gpu_env(monkeypatch, tmp_path):
+    def use(devices: str) -> None:
+        monkeypatch.setenv("FOURD_GPUS", devices)
+        monkeypatch.setenv("FOURD_GPU_LOCK_DIR", str(tmp_path / "gpu-locks"))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    return use
+
+
+def test_two_subjects_at_once_each_gpu_stage_on_its_own_device(tiny_repo, tmp_path, gpu_env, prefect_harness):
+    gpu_env("0,1")
+    frames = tmp_path / "vixen"
+    shutil.copytree(tiny_repo / "examples/fox/render/input", frames, ignore=shutil.ignore_patterns("prompt.txt"))
+    summary = fourd_batch(
+        videos=[str(frames)],
+        prompts=["a vixen walking"],
+        subjects=["fox"],
+        fps=8.0,
+        config_set="tiny",
+        stages=STAGES,
+        repo=str(tiny_repo),
+    )
+    assert summary["order"] == ["vixen", "fox"] and summary["parallel"] == 2 and summary["gpus"] == ["0", "1"]
+    ws = tiny_repo / WORKSPACES_DIR / "tiny"
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    for subject in ("vixen", "fox"):
+        res = summary["subjects"][subject]
+        assert [r["instance"] for r in res["stages"].values() if r["ran"]] == [f"{s}@{subject}" for s in STAGES]
+        assert res["stages"]["preprocess"]["gpu"] is None  # CPU stages take no slot
+        assert MvgenManifest.load(ws / f"data/mvgen/{subject}").subject == subject
+        assert {f"{s}@{subject}" for s in STAGES} <= set(lock)
+        assert "up to date" in dvc(ws, "status", *(f"{s}@{subject}" for s in STAGES)).lower()
+    assert PreprocessManifest.load(ws / "data/preprocess/vixen").prompt == "a vixen walking"
+
+    runs = gpu_runs(summary)
+    assert len(runs) == 2 and {r[1] for r in runs} == {"0", "1"}
+    for a, b in itertools.combinations(runs, 2):
+        assert a[1] != b[1] or not overlap(a, b), (a, b)  # a device is never held by two stage runs at once
+    # The subjects really ran side by side: some GPU stage of one overlapped one of the other (on the other GPU).
+    assert any(overlap(a, b) for a, b in itertools.combinations(runs, 2) if a[0][-3:] != b[0][-3:]), runs
+
+
+def test_a_workspace_sync_leaves_outputs_being_written_out_of_git(tiny_repo):
+    """A subflow that starts while another subject's stage writes its first output must not `git add` it (DVC
+    would then refuse to commit an output that git tracks)."""
+    ws = tiny_repo / WORKSPACES_DIR / "tiny"
+    if not (ws / ".git").is_dir():
+        pytest.skip("needs the workspace built by the previous test")
+    staging = ws / "data/mvgen/.ghost.staging-0123abcd"
+    staging.mkdir(parents=True)
+    (staging / "view.png").write_bytes(b"half written")
+    (ws / "data/mvgen/ghost").mkdir()
+    (ws / "data/mvgen/ghost/manifest.json").write_text("{}")
+    (tiny_repo / "configs/tiny/eval.yaml").write_text((tiny_repo / "configs/tiny/eval.yaml").read_text() + "\n")
+    before = {p: p.stat().st_mtime_ns for p in (ws / "configs").glob("*.yaml") if p.name != "eval.yaml"}
+    try:
+        assert prepare_workspace(tiny_repo, "tiny") == ws
+        # Unchanged files are not rewritten (a stage reading its config meanwhile sees it whole and unchanged).
+        assert before == {p: p.stat().st_mtime_ns for p in before}
+        tracked = subprocess.run(["git", "ls-files"], cwd=ws, capture_output=True, text=True, check=True).stdout
+        assert "configs/eval.yaml" in tracked.splitlines()  # the sync itself was committed
+        assert not [f for f in tracked.splitlines() if "ghost" in f]
+        assert not subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "configs"], cwd=ws).returncode
+    finally:
+        shutil.rmtree(staging)
+        shutil.rmtree(ws / "data/mvgen/ghost")
+
+
+def test_one_gpu_the_gpu_stages_never_overlap(tiny_repo, gpu_env, prefect_harness):
+    ws = tiny_repo / WORKSPACES_DIR / "tiny"
+    if not (ws / "data/mvgen/vixen").is_dir():
+        pytest.skip("needs the subjects built by the previous test")
+    gpu_env("0")
+    cfg_path = tiny_repo / "configs/tiny/mvgen.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["seed"] = int(cfg["seed"]) + 1
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    summary = fourd_batch(
+        subjects=["fox", "vixen"], config_set="tiny", stages=["mvgen"], parallel=2, repo=str(tiny_repo)
+    )
+    runs = gpu_runs(summary)
+    assert sorted(r[0] for r in runs) == ["mvgen@fox", "mvgen@vixen"] and {r[1] for r in runs} == {"0"}
+    assert not overlap(*runs), runs  # both subflows wanted the one GPU at once: one waited
+
+
+def test_cli_keeps_the_single_subject_form_and_batches_several(monkeypatch, capsys):
+    calls: list[tuple[str, tuple]] = []
+    monkeypatch.setattr(fourd_module, "fourd", _Fake("fourd", calls))
+    monkeypatch.setattr(fourd_module, "fourd_batch", _Fake("batch", calls))
+    fourd_module.main(["--video", "a.mp4", "--subject", "name", "--prompt", "p", "--config-set", "tiny"])
+    assert calls[-1] == ("fourd", ("a.mp4", "name", "p", 0.0, "tiny", None, "local", None, None))
+    fourd_module.main(["--subject", "fox"])
+    assert calls[-1] == ("fourd", (None, "fox", None, 0.0, "default", None, "local", None, None))
+    fourd_module.main(["--video", "a.mp4", "--video", "b.mp4", "--fps", "8"])
+    assert calls[-1] == ("batch", (["a.mp4", "b.mp4"], [], [], 8.0, "default", None, "local", None, None, None))
+    fourd_module.main(["--subject", "fox", "--subject", "other", "--parallel", "2", "--stages", "preprocess"])
+    assert calls[-1] == ("batch", ([], ["fox", "other"], [], 0.0, "default", ["preprocess"], "local", None, None, 2))
+    capsys.readouterr()
+
+
+class _Fake:
+    def __init__(self, name: str, calls: list) -> None:
+        self.name, self.calls = name, calls
+        self.fn = lambda: None
+
+    def __call__(self, *args):  # noqa: ANN204
+        self.calls.append((self.name, args))
+        return {}
