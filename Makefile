@@ -107,10 +107,10 @@ prefect-server: setup
 prefect-stop: setup
 	PREFECT_HOME=$(abspath .prefect) $(BIN)/prefect server stop
 
-## Create the work pools and the `gpu` concurrency limit, then deploy prefect.yaml (needs make prefect-server)
+## Create the work pools and the `gpu` concurrency limit (one per GPU), then deploy prefect.yaml (needs prefect-server)
 prefect-setup: setup
 	$(PREFECT_ENV) $(BIN)/prefect work-pool create fourd-process --type process --overwrite
-	$(PREFECT_ENV) $(BIN)/prefect concurrency-limit create gpu 1
+	$(PREFECT_ENV) $(BIN)/prefect concurrency-limit create gpu $$($(BIN)/python -m flows.gpus --count)
 	$(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --name local --name docker
 	@if $(BIN)/python -c "import prefect_kubernetes" 2>/dev/null; then \
 		$(PREFECT_ENV) $(BIN)/prefect work-pool create fourd-k8s-gpu --type kubernetes --overwrite \
