@@ -11,9 +11,10 @@ DVC gives up after 3 s when another DVC process holds the repository's lock, so 
 goes through `workspace_lock`: an advisory `flock` per workspace, waited on, released by the kernel if the
 holder dies. The lock covers DVC's bookkeeping only (`dvc status`, `dvc commit`, registration, the workspace
 sync), never a stage's command: the flow (flows/fourd.py) runs the commands of several subjects at once in one
-workspace, and syncing therefore stages only the files it copies (a stage's output that is being written, and
-not yet git-ignored by DVC, stays out of the workspace's git). Runs in different workspaces proceed in
-parallel.
+workspace, and syncing therefore rewrites only files whose content changed and stages only the files it copies (a
+stage's output that is being written, and not yet git-ignored by DVC, stays out of the workspace's git).
+`instance_lock` keeps two flow runs from bringing the same stage instance up to date at once. Runs in different
+workspaces proceed in parallel.
 """
 
 from __future__ import annotations
@@ -223,7 +224,9 @@ def prepare_workspace(repo: Path, config_set: str) -> Path:
         return repo
     ws = repo / WORKSPACES_DIR / config_set
     ws.mkdir(parents=True, exist_ok=True)
-    with workspace_lock(ws):
+    # The workspace's lock, then the repository's (never the other way round): the copy is a consistent snapshot,
+    # never one taken halfway through a registration (a video copied, not yet `dvc add`-ed and git-ignored).
+    with workspace_lock(ws), workspace_lock(repo):
         record_path = ws / SYNC_RECORD
         previous = set(json.loads(record_path.read_text())) if record_path.is_file() else set()
         copied = [f for f in _visible_files(repo) if f != "dvc.lock" and not f.startswith(f"{WORKSPACES_DIR}/")]
@@ -270,6 +273,13 @@ def _commit_sync(ws: Path, paths: Sequence[str], message: str, repo: Path) -> No
     ignores = _git(ws, "ls-files", "-z", "--cached", "--others", "--exclude-standard", ":(glob)**/.gitignore")
     dvc_files = ["dvc.lock", *filter(None, ignores.split("\0"))]
     wanted = [p for p in dict.fromkeys([*paths, *dvc_files]) if p in tracked or (ws / p).is_file()]
+    ignored = subprocess.run(  # untracked paths the workspace's .gitignore files exclude (`git add` refuses them)
+        ["git", "check-ignore", "-z", "--stdin"], cwd=ws, input="\0".join(wanted).encode(), capture_output=True
+    )
+    if ignored.returncode not in (0, 1):
+        raise WorkspaceError(f"git check-ignore in {ws}: {ignored.stderr.decode(errors='replace').strip()}")
+    skip = set(ignored.stdout.decode().split("\0"))
+    wanted = [p for p in wanted if p not in skip]
     proc = subprocess.run(
         ["git", "add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"],
         cwd=ws,

@@ -42,7 +42,7 @@ FPS2=${FPS2:-8}
 PROMPT2=${PROMPT2:-}
 CONFIG_SET=${CONFIG_SET:-demo-gpu}
 GPUS=${GPUS:-0,1}
-PHASES=${PHASES:-sequential parallel}
+PHASES=${PHASES-sequential parallel}
 FRESH=${FRESH:-1}
 INSTALL=${INSTALL:-1}
 PY=${PYTHON:-python3}
@@ -53,6 +53,7 @@ DISTILL_STEPS=${DISTILL_STEPS:-}
 MVGEN_STEPS=${MVGEN_STEPS:-}
 STAGES=(preprocess mvgen distill)
 mkdir -p "$OUT"
+for tool in git tar "$PY"; do command -v "$tool" >/dev/null || { echo "error: $tool not found" >&2; exit 2; }; done
 
 # 1. Environment: the carried wheels (one version of each name: .carry/pipeline-whl wins), `python` on PATH for
 #    dvc.yaml's `python -m stages.<stage>`, no tracking, Prefect's state in /tmp.
@@ -75,6 +76,7 @@ mkdir -p /tmp/fourd-bin
 ln -sf "$(command -v "$PY")" /tmp/fourd-bin/python
 export PATH="/tmp/fourd-bin:$PATH"
 export FOURD_TRACKING=off PYTHONUNBUFFERED=1 PREFECT_HOME=/tmp/fourd-prefect PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_UI_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 export DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1 FOURD_GPU_LOCK_DIR=/tmp/fourd-gpu-locks
 unset CUDA_VISIBLE_DEVICES
 
@@ -117,6 +119,32 @@ from stages.common.artifacts import DistillManifest
 from stages.common.config import load_config
 from stages.distill import DistillConfig
 from pydantic import TypeAdapter, ValidationError
+from importlib.metadata import PackageNotFoundError, distribution
+from packaging.requirements import Requirement
+# Every requirement of prefect/dvc/diffusers (with their extras) installed in a version they accept: a package the
+# image has in another version is named here, before any GPU work (carry its wheel in .carry/pipeline-whl).
+todo, seen, missing, mismatched = [Requirement(r) for r in ("prefect", "dvc", "diffusers")], set(), [], []
+while todo:
+    req = todo.pop()
+    key = (req.name.lower(), tuple(sorted(req.extras)))
+    if key in seen:
+        continue
+    seen.add(key)
+    try:
+        dist = distribution(req.name)
+    except PackageNotFoundError:
+        missing.append(str(req))
+        continue
+    if req.specifier and not req.specifier.contains(dist.version, prereleases=True):
+        mismatched.append(f"{req} (have {dist.version})")
+    for r in dist.requires or []:
+        sub = Requirement(r)
+        if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in ("", *req.extras)):
+            todo.append(sub)
+if mismatched:
+    print("warning: versions other than required:", "; ".join(sorted(set(mismatched))))
+if missing:
+    sys.exit("error: not installed (carry their wheels): " + ", ".join(sorted(set(missing))))
 probe = "import sys, torch, dvc, prefect, diffusers; print(sys.executable, torch.__version__, torch.cuda.device_count(), 'GPUs')"
 proc = subprocess.run(["python", "-c", probe], env=subprocess_env(), capture_output=True, text=True)
 print(proc.stdout.strip() or proc.stderr.strip())

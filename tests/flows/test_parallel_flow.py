@@ -121,6 +121,22 @@ def test_a_workspace_sync_leaves_outputs_being_written_out_of_git(tiny_repo):
         shutil.rmtree(ws / "data/mvgen/ghost")
 
 
+def test_the_sync_commit_skips_paths_the_workspace_ignores(tmp_path):
+    """A file copied while it was still visible in the repository, but git-ignored by the time it is committed (a
+    registration's video before and after its `dvc add`), is left out instead of failing `git add`."""
+    from flows.workspace import _commit_sync
+
+    ws = tmp_path / "ws"
+    (ws / "data/raw/beta").mkdir(parents=True)
+    (ws / "data/raw/beta/video.mp4").write_bytes(b"video")
+    (ws / "data/raw/.gitignore").write_text("/beta\n")
+    (ws / "params.yaml").write_text("subjects: {}\n")
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    _commit_sync(ws, ["params.yaml", "data/raw/beta/video.mp4"], "sync", tmp_path)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ws, capture_output=True, text=True, check=True).stdout.split()
+    assert tracked == ["data/raw/.gitignore", "params.yaml"]
+
+
 def test_one_gpu_the_gpu_stages_never_overlap(tiny_repo, gpu_env, prefect_harness):
     ws = tiny_repo / WORKSPACES_DIR / "tiny"
     if not (ws / "data/mvgen/vixen").is_dir():
