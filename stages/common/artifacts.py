@@ -263,7 +263,7 @@ class DistillManifest(Manifest):
     """The occupancy grid shared over time (`occupancy`, `binary`, resolution³ cells, x-major)."""
     preview_file: str = "preview.mp4"
     """Orbit-over-time preview on white (for people; no stage reads it)."""
-    hash_backend: Literal["torch", "tcnn"]
+    hash_backend: Literal["torch", "tcnn", "triton"]
     """Hash grid implementation that trained the field."""
     num_steps: int
     """Optimisation steps run."""

@@ -156,3 +156,14 @@ def test_mesh_export_without_pymcubes_fails_before_training(upstream, tmp_path, 
     with pytest.raises(StageError, match="mesh.enabled needs PyMCubes"):
         run_tiny(upstream, tmp_path / "out", config=config)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_manifest_records_every_hash_grid_backend_the_config_offers():
+    """A run with any `field.backend` must be able to write its manifest (a `triton` run once failed at the end)."""
+    import typing
+
+    from stages.distill.config import FieldConfig
+
+    offered = typing.get_args(FieldConfig.model_fields["backend"].annotation)
+    recorded = typing.get_args(DistillManifest.model_fields["hash_backend"].annotation)
+    assert offered and set(offered) == set(recorded)
