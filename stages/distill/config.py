@@ -141,6 +141,10 @@ class LossWeights(SubConfig):
     """λ1, LPIPS-VGG of the anchor render (200: config 100, added twice)."""
     anchor_dssim: float = Field(100.0, ge=0.0)
     """λ2, D-SSIM of the anchor render (100: config 50, added twice)."""
+    anchor_l1: float = Field(0.0, ge=0.0)
+    """Our addition, not the paper's (0 = the paper's anchor loss): weight of the pixel L1, mean |I_r − I_a| over
+    the anchor render and the anchor frame, both on white, logged as `loss/anchor_l1`. Meant for runs without LPIPS,
+    where D-SSIM alone barely constrains colour and brightness; configs/demo/distill.yaml records what it did there."""
     orient: LinearSchedule = LinearSchedule(start_step=0, end_step=5000, start_value=10.0, end_value=1000.0)
     """λ3, orientation of analytic normals (10 → 1000 over steps 0–5000)."""
     sparsity: LinearSchedule = LinearSchedule(start_value=100.0, end_value=100.0)

@@ -3,7 +3,9 @@
 - D-SSIM: `1 − SSIM` with an 11×11 Gaussian window (σ 1.5), C1 = 0.01², C2 = 0.03², zero padding, mean over the
   map, images in [0, 1]: the 3D Gaussian Splatting `ssim` that 4Diffusion's `loss_utils.py` copies.
 - Anchor loss (paper eq. 11): λ1·LPIPS(I_r, I_a) + λ2·(1 − SSIM(I_r, I_a)), λ1 = 200, λ2 = 100 (the official
-  config's 100/50, which `training_step` adds twice).
+  config's 100/50, which `training_step` adds twice). Our addition, not the paper's: an optional pixel L1 term
+  λ_l1·mean|I_r − I_a| (`loss_weights.anchor_l1`, 0 = the paper's loss), meant for runs without LPIPS, where
+  D-SSIM alone hardly constrains colour and brightness.
 - Sparsity ("L_opacity", λ4): mean √(o² + 0.01) over the SDS renders' opacities.
 - Opaque ("L_sparse", λ5): binary entropy of the clamped opacity, BCE(o, o).
 - Orientation (λ3): Σ w·relu(n·d)² over the renders, divided by the number of pixels with opacity > 0.
@@ -21,6 +23,7 @@ __all__ = [
     "ssim",
     "anchor_loss",
     "anchor_loss_terms",
+    "anchor_l1",
     "sparsity_loss",
     "opaque_loss",
     "orientation_loss",
@@ -53,30 +56,84 @@ def ssim(img1: Tensor, img2: Tensor, *, window_size: int = 11, sigma: float = 1.
     return ssim_map if full else ssim_map.mean()
 
 
+def anchor_l1(render: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute difference of two image batches (N, C, H, W): the optional pixel term of the anchor loss."""
+    return (render - target).abs().mean()
+
+
 def anchor_loss(
-    render: Tensor, target: Tensor, lpips: LPIPSVGG, *, lpips_weight: float, dssim_weight: float
+    render: Tensor,
+    target: Tensor,
+    lpips: LPIPSVGG,
+    *,
+    lpips_weight: float,
+    dssim_weight: float,
+    l1_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Paper eq. 11 on (N, 3, H, W) images in [0, 1]; returns the weighted sum and the unweighted terms."""
+    """Paper eq. 11 on (N, 3, H, W) images in [0, 1], plus `l1_weight`·L1 when it is > 0 (our addition).
+
+    Args:
+        render: the anchor render (N, 3, H, W) in [0, 1], composited on white.
+        target: the anchor video frames (N, 3, H, W) in [0, 1], composited on white.
+        lpips: LPIPS-VGG.
+        lpips_weight: λ1.
+        dssim_weight: λ2.
+        l1_weight: weight of the pixel L1 term; 0 leaves it out (the paper's loss).
+
+    Returns:
+        The weighted sum and the unweighted terms as floats (`anchor_l1` only when `l1_weight` > 0).
+    """
     perceptual = lpips(render, target).mean()
     dssim = 1.0 - ssim(render, target)
     total = lpips_weight * perceptual + dssim_weight * dssim
-    return total, {"anchor_lpips": float(perceptual.detach()), "anchor_dssim": float(dssim.detach())}
+    parts = {"anchor_lpips": float(perceptual.detach()), "anchor_dssim": float(dssim.detach())}
+    if l1_weight > 0:
+        l1 = anchor_l1(render, target)
+        total = total + l1_weight * l1
+        parts["anchor_l1"] = float(l1.detach())
+    return total, parts
 
 
 def anchor_loss_terms(
-    render: Tensor, target: Tensor, lpips: LPIPSVGG | None, *, lpips_weight: float, dssim_weight: float
+    render: Tensor,
+    target: Tensor,
+    lpips: LPIPSVGG | None,
+    *,
+    lpips_weight: float,
+    dssim_weight: float,
+    l1_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The trainer's anchor loss: `anchor_loss` with the unweighted terms as detached 0-d tensors (no host sync),
-    the perceptual term left out when `lpips_weight` is 0 (`lpips` may then be None)."""
+    """The trainer's anchor loss: `anchor_loss` with the unweighted terms as detached 0-d tensors (no host sync).
+
+    The perceptual term is left out when `lpips_weight` is 0 (`lpips` may then be None), the L1 term when
+    `l1_weight` is 0 (the loss and its gradients are then exactly the paper's eq. 11).
+
+    Args:
+        render: the anchor render (N, 3, H, W) in [0, 1], composited on white.
+        target: the anchor video frames (N, 3, H, W) in [0, 1], composited on white.
+        lpips: LPIPS-VGG, or None when `lpips_weight` is 0.
+        lpips_weight: λ1.
+        dssim_weight: λ2.
+        l1_weight: weight of the pixel L1 term (our addition, `loss_weights.anchor_l1`).
+
+    Returns:
+        The weighted sum and the unweighted terms (`anchor_lpips`, `anchor_dssim`, `anchor_l1`, each only when it
+        is computed) as detached 0-d tensors.
+    """
     dssim = 1.0 - ssim(render, target)
     parts = {"anchor_dssim": dssim.detach()}
+    total = dssim_weight * dssim
     if lpips_weight > 0:
         if lpips is None:
             raise ValueError("anchor_loss_terms: lpips_weight > 0 needs the LPIPS network")
         perceptual = lpips(render, target).mean()
         parts = {"anchor_lpips": perceptual.detach(), **parts}
-        return lpips_weight * perceptual + dssim_weight * dssim, parts
-    return dssim_weight * dssim, parts
+        total = lpips_weight * perceptual + total
+    if l1_weight > 0:
+        l1 = anchor_l1(render, target)
+        parts["anchor_l1"] = l1.detach()
+        total = total + l1_weight * l1
+    return total, parts
 
 
 def sparsity_loss(opacity: Tensor) -> Tensor:

@@ -391,8 +391,9 @@ class Trainer:
                     term = orientation_loss(normal_pass.orient, normal_pass.opacity)
                 terms.append(lam * term)
                 metrics["loss/orient"] = term.detach()
-        # 6. Anchor loss (eq. 11): the anchor view at one random frame, at the anchor video's size.
-        if w.anchor_lpips > 0 or w.anchor_dssim > 0:
+        # 6. Anchor loss (eq. 11, plus the optional pixel L1): the anchor view at one random frame, at the anchor
+        # video's size.
+        if w.anchor_lpips > 0 or w.anchor_dssim > 0 or w.anchor_l1 > 0:
             frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
             with self._phase("anchor"):
                 target = to_device(self.anchor.frames[frame : frame + 1], self.device)  # (1, 3, H, W)
@@ -408,7 +409,12 @@ class Trainer:
                     a_pixels = self.render([self.anchor.camera], time_a, size_a, stratified=True, kind="anchor").rgb
                 render = a_pixels.reshape(1, size_a, size_a, 3).permute(0, 3, 1, 2)  # (1, 3, H, W)
                 term, parts_a = anchor_loss_terms(
-                    render, target, self.lpips, lpips_weight=w.anchor_lpips, dssim_weight=w.anchor_dssim
+                    render,
+                    target,
+                    self.lpips,
+                    lpips_weight=w.anchor_lpips,
+                    dssim_weight=w.anchor_dssim,
+                    l1_weight=w.anchor_l1,
                 )
                 terms.append(term)
                 metrics.update({f"loss/{k}": v for k, v in parts_a.items()})

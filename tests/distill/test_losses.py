@@ -7,7 +7,7 @@ from skimage.metrics import structural_similarity
 
 from stages.common.errors import StageError
 from stages.common.lpips import HEADS_FILE
-from stages.distill.losses import anchor_loss, opaque_loss, sparsity_loss, ssim
+from stages.distill.losses import anchor_l1, anchor_loss, anchor_loss_terms, opaque_loss, sparsity_loss, ssim
 from stages.distill.run import load_anchor_lpips
 from stages.distill.schedules import LinearSchedule, ResolutionSchedule
 from tests.distill.tiny import TINY_VGG_WIDTHS, write_tiny_lpips
@@ -37,6 +37,72 @@ def test_anchor_loss_weights_lpips_and_dssim(tmp_path):
     assert b.grad is not None and b.grad.abs().sum() > 0
     same, parts = anchor_loss(a, a, lpips, lpips_weight=200.0, dssim_weight=100.0)
     assert parts["anchor_lpips"] == pytest.approx(0.0, abs=1e-7) and float(same) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_anchor_l1_known_answers():
+    """L1 of identical images is 0; of a known difference its mean absolute value; weighted into the total."""
+    torch.manual_seed(0)
+    a = torch.rand(1, 3, 16, 16)
+    assert float(anchor_l1(a, a)) == 0.0
+    render = torch.full((1, 3, 16, 16), 0.25)
+    target = render.clone()
+    target[..., :8, :] = 0.75  # half the pixels differ by 0.5, the other half by 0
+    assert float(anchor_l1(render, target)) == pytest.approx(0.25, abs=1e-7)
+    total, parts = anchor_loss_terms(render, target, None, lpips_weight=0.0, dssim_weight=100.0, l1_weight=8.0)
+    assert float(parts["anchor_l1"]) == pytest.approx(0.25, abs=1e-7)
+    assert parts["anchor_l1"].ndim == 0 and not parts["anchor_l1"].requires_grad  # detached 0-d, no host sync
+    dssim = float(1.0 - ssim(render, target))
+    assert float(total) == pytest.approx(100.0 * dssim + 8.0 * 0.25, rel=1e-6)
+    same, parts = anchor_loss_terms(target, target, None, lpips_weight=0.0, dssim_weight=100.0, l1_weight=8.0)
+    assert float(parts["anchor_l1"]) == 0.0 and float(same) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_anchor_l1_weight_zero_is_the_papers_loss_exactly(tmp_path):
+    """l1_weight 0: the same total and the same gradients, bit for bit, as λ1·LPIPS + λ2·D-SSIM; no anchor_l1 log."""
+    lpips = load_anchor_lpips(write_tiny_lpips(tmp_path))
+    torch.manual_seed(1)
+    target = torch.rand(1, 3, 32, 32)
+    for lpips_weight in (0.0, 200.0):
+        render = torch.rand(1, 3, 32, 32, requires_grad=True)
+        total, parts = anchor_loss_terms(
+            render, target, lpips, lpips_weight=lpips_weight, dssim_weight=100.0, l1_weight=0.0
+        )
+        (grad,) = torch.autograd.grad(total, render)
+        reference = 100.0 * (1.0 - ssim(render, target))
+        if lpips_weight > 0:
+            reference = lpips_weight * lpips(render, target).mean() + reference
+        (ref_grad,) = torch.autograd.grad(reference, render)
+        assert torch.equal(total, reference) and torch.equal(grad, ref_grad)
+        assert "anchor_l1" not in parts
+        if lpips_weight > 0:
+            _, floats = anchor_loss(render, target, lpips, lpips_weight=lpips_weight, dssim_weight=100.0)
+            assert "anchor_l1" not in floats
+
+
+def test_anchor_l1_gradient_reaches_the_render():
+    """d(λ·mean|r − t|)/dr = λ·sign(r − t)/numel, in both anchor loss functions."""
+    torch.manual_seed(2)
+    target = torch.rand(1, 3, 8, 8)
+    render = (target + torch.where(torch.rand(1, 3, 8, 8) > 0.5, 0.1, -0.1)).requires_grad_(True)
+    total, _ = anchor_loss_terms(render, target, None, lpips_weight=0.0, dssim_weight=0.0, l1_weight=3.0)
+    (grad,) = torch.autograd.grad(total, render)
+    expected = 3.0 * torch.sign(render.detach() - target) / render.numel()
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-9)
+    with_l1, _ = anchor_loss_terms(render, target, None, lpips_weight=0.0, dssim_weight=100.0, l1_weight=3.0)
+    without, _ = anchor_loss_terms(render, target, None, lpips_weight=0.0, dssim_weight=100.0)
+    (g_with,) = torch.autograd.grad(with_l1, render)
+    (g_without,) = torch.autograd.grad(without, render)
+    torch.testing.assert_close(g_with - g_without, expected, rtol=0, atol=1e-7)
+
+
+def test_anchor_loss_reports_the_l1_term(tmp_path):
+    lpips = load_anchor_lpips(write_tiny_lpips(tmp_path))
+    torch.manual_seed(3)
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    total, parts = anchor_loss(b, a, lpips, lpips_weight=200.0, dssim_weight=100.0, l1_weight=5.0)
+    assert parts["anchor_l1"] == pytest.approx(float((b - a).abs().mean()), rel=1e-6)
+    expected = 200 * parts["anchor_lpips"] + 100 * parts["anchor_dssim"] + 5 * parts["anchor_l1"]
+    assert float(total) == pytest.approx(expected, rel=1e-5)
 
 
 def test_lpips_reads_the_backbone_width_from_the_file_and_names_missing_or_wrong_files(tmp_path):
