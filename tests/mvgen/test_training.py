@@ -233,3 +233,29 @@ def test_two_processes_follow_one_process_with_accumulation(setup, tmp_path):
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["accumulation"] == 1 and summary["steps"] == 3
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["accumulation"] == 2
+
+
+def test_sample_grids_are_written_and_do_not_change_training(setup, tmp_path):
+    from stages.common.image_io import read_rgba
+    from stages.mvgen.training.dataset import sample_clip as draw
+
+    cfg = tiny_config(num_steps=2)
+    run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "plain")
+    sampled = cfg.model_copy(update={"sample_every": 1, "sample_steps": 2})
+    run(sampled, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "sampled")
+    a = load_file(str(tmp_path / "plain" / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "sampled" / "checkpoint" / "trainable.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # sampling draws from none of the run's generators
+    grids = sorted((tmp_path / "sampled" / "samples").glob("step_*.png"))
+    assert [g.name for g in grids] == ["step_000001.png", "step_000002.png"]
+    grid = read_rgba(grids[0])
+    frames = cfg.num_frames
+    assert grid.shape[:2] == ((1 + 2 * 4) * IMAGE_PX, frames * IMAGE_PX)
+    # Row 0 is the conditioning video; the ground-truth rows are its views at 0/90/180/270° (aligned sample).
+    s = draw(find_clip_sources(setup["data"]), frames, 2, IMAGE_PX, torch.Generator().manual_seed(cfg.seed), True)
+    views, _ = decode(s)
+    mono = int(round(s.condition[0, 8, 8, 0] / 20))
+    assert views == [(mono + 2 * k) % RING for k in range(4)]
+    np.testing.assert_array_equal(grid[:IMAGE_PX, :IMAGE_PX, :3], s.condition[0])
+    np.testing.assert_array_equal(grid[IMAGE_PX : 2 * IMAGE_PX, :IMAGE_PX, :3], s.views[0, 0])
+    assert not (tmp_path / "plain" / "samples").exists()

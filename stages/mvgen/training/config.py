@@ -47,6 +47,13 @@ class TrainConfig(StageConfig):
     """Steps between atomic checkpoints (the run resumes from the last one)."""
     log_every: int = Field(10, ge=1)
     """Steps between MLflow loss logs."""
+    sample_every: int = Field(0, ge=0)
+    """Steps between sample grids (0 = none): one fixed clip of the data, its views at 0/90/180/270° from the
+    conditioning view, sampled with the current weights; written to `samples/step_<n>.png` and to MLflow."""
+    sample_steps: int = Field(20, ge=1)
+    """DDIM steps of the sample grids."""
+    sample_guidance_scale: float = Field(3.0, ge=1.0)
+    """CFG scale of the sample grids."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train."""
     seed: int = 0

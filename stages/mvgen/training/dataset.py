@@ -92,9 +92,16 @@ def _load(path: Path, size_px: int) -> np.ndarray:
 
 
 def sample_clip(
-    sources: list[ClipSource], num_frames: int, stride: int, size_px: int, generator: torch.Generator
+    sources: list[ClipSource],
+    num_frames: int,
+    stride: int,
+    size_px: int,
+    generator: torch.Generator,
+    aligned: bool = False,
 ) -> TrainSample:
     """Draw one training sample (all randomness from `generator`).
+
+    `aligned`: the 4 views sit at 0/90/180/270° from the conditioning view, as at inference (sample grids).
 
     Raises:
         StageError: a source is too short for `num_frames` at `stride` (and no shorter stride is allowed).
@@ -109,6 +116,7 @@ def sample_clip(
     frames = [start + i * stride for i in range(num_frames)]
     mono = int(torch.randint(source.num_views, (1,), generator=generator))
     base = int(torch.randint(source.num_views, (1,), generator=generator))
+    base = mono if aligned else base
     quarter, step_deg = source.num_views // 4, 360.0 / source.num_views
     views = [(base + k * quarter) % source.num_views for k in range(4)]
     azimuths = [((v - mono) * step_deg) % 360.0 for v in views]  # relative to the conditioning view

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
+from stages.common.image_io import write_rgba
 from stages.common.logs import progress
 from stages.common.tracking import Tracker, stage_run
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
@@ -42,6 +43,7 @@ __all__ = ["run", "training_loss", "denoising_loss", "dropout_mask", "step_gener
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 TRAIN_LOG = "train_log.jsonl"
+SAMPLES = "samples"
 SUMMARY = "summary.json"
 VIEWS, SLOTS = 4, 5  # generated views; + the reference slot
 
@@ -202,8 +204,8 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
         data_dir: a render artifact with `train/`, or a folder of them (render batch output).
         weights_dir: FourDM weights to start from (converted official weights, or a small model's).
         output_dir: run folder: checkpoint/, weights/ (the result), train_log.jsonl (loss and throughput per
-            `log_every` steps, appended across resumes) and summary.json (this invocation's throughput and peak
-            GPU memory).
+            `log_every` steps, appended across resumes), summary.json (this invocation's throughput and peak
+            GPU memory) and samples/ (grids every `sample_every` steps).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -295,6 +297,9 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
                         fh.write(json.dumps(record) + "\n")
             if rank == 0 and (done % config.checkpoint_every == 0 or done == config.num_steps):
                 _save_checkpoint(output_dir, done, params, optimizer, ema)
+            if rank == 0 and config.sample_every and (done % config.sample_every == 0 or done == config.num_steps):
+                grid = write_sample_grid(pipe, sources, config, output_dir / SAMPLES / f"step_{done:06d}.png")
+                tracker.log_artifact(grid, SAMPLES)
         wall = time.perf_counter() - began
         if rank == 0:
             _write_summary(output_dir, config, start, world, accumulation, wall, device)
@@ -311,6 +316,32 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return output_dir / "weights"
+
+
+@torch.no_grad()
+def write_sample_grid(pipe: FourDMPipeline, sources: list, config: TrainConfig, path: Path) -> Path:
+    """A sample grid of the current weights: the first row is the conditioning video, then per view (0/90/180/270°
+    from it) the ground truth and the sample. The clip is the same at every call (drawn from `config.seed`), and
+    no generator of the training run is touched, so sampling does not change what the run trains on."""
+    gen = torch.Generator().manual_seed(config.seed)
+    sample = sample_clip(sources, config.num_frames, config.frame_stride, config.size_px, gen, aligned=True)
+    training = pipe.unet.training
+    pipe.unet.eval()
+    out = pipe(
+        sample.condition,
+        sample.caption,
+        negative_prompt="",
+        num_inference_steps=config.sample_steps,
+        guidance_scale=config.sample_guidance_scale,
+        generator=torch.Generator(pipe.device).manual_seed(config.seed),
+    ).images  # (4, F, H, W, 3) in [0, 1]
+    pipe.unet.train(training)
+    rows = [sample.condition]
+    for k in range(4):
+        rows += [sample.views[k], (np.clip(out[k], 0.0, 1.0) * 255.0).round().astype(np.uint8)]
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    write_rgba(path, np.dstack([grid, np.full(grid.shape[:2], 255, np.uint8)]))
+    return path
 
 
 def _mean_over_ranks(value: float, device: torch.device, world: int) -> float:
