@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,22 +67,12 @@ CASES: dict[str, dict] = {
             "mixed_precision": "bf16",
         },
     },
-    "full-ckpt": {
-        "weights": "full",
-        "steps": 12,
-        "one_gpu_only": True,
-        "config": {
-            "mode": "paper",
-            "batch_size": 4,
-            "micro_batch_size": 1,
-            "learning_rate": 1.0e-4,
-            "num_frames": 8,
-            "frame_stride": 2,
-            "size_px": 256,
-            "mixed_precision": "bf16",
-            "gradient_checkpointing": True,
-        },
-    },
+}
+CASES["full-ckpt"] = {
+    "weights": "full",
+    "steps": 12,
+    "one_gpu_only": True,
+    "config": {**CASES["full"]["config"], "gradient_checkpointing": True},
 }
 
 
@@ -117,8 +108,6 @@ def train(
     }
     run_dir = work / f"{case}-{gpus}gpu"
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -153,15 +142,21 @@ def train(
     }
 
 
+def quarter_means(losses: list[float]) -> tuple[float, float]:
+    """Mean loss over the first and over the last quarter of a curve."""
+    n = max(1, len(losses) // 4)
+    return statistics.fmean(losses[:n]), statistics.fmean(losses[-n:])
+
+
 def compare_losses(a: list[float], b: list[float]) -> dict:
     diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
-    tail = max(1, len(a) // 4)
+    (a_first, a_last), (b_first, b_last) = quarter_means(a), quarter_means(b)
     return {
         "max_abs_diff": max(diffs),
         "mean_abs_diff": statistics.fmean(diffs),
         "first_step_diff": diffs[0],
-        "mean_loss_first_quarter": [statistics.fmean(a[:tail]), statistics.fmean(b[:tail])],
-        "mean_loss_last_quarter": [statistics.fmean(a[-tail:]), statistics.fmean(b[-tail:])],
+        "mean_loss_first_quarter": [a_first, b_first],
+        "mean_loss_last_quarter": [a_last, b_last],
     }
 
 
@@ -218,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':10} {'GPUs':>4} {'clips/s':>9} {'s/step':>8} {'peak GB':>8} {'loss first→last quarter':>26}")
     for case, entry in result["cases"].items():
         for r in entry["runs"]:
-            q = compare_losses(r["losses"], r["losses"])
-            first, last = q["mean_loss_first_quarter"][0], q["mean_loss_last_quarter"][0]
+            first, last = quarter_means(r["losses"])
             mem = r["peak_memory_reserved_gb"] or 0.0
             print(
                 f"{case:10} {r['gpus']:>4} {r['clips_per_s']:>9.2f} {r['s_per_step']:>8.3f} {mem:>8.1f} "

@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,29 +107,25 @@ def check_name(kind: str, name: str) -> str:
 
 
 @contextmanager
-def workspace_lock(workspace: Path) -> Iterator[None]:
+def _flock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (blocking; the kernel releases it if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def workspace_lock(workspace: Path) -> AbstractContextManager[None]:
     """Hold the workspace's flow lock (blocking): one DVC call or registration at a time per workspace."""
-    path = Path(workspace) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return _flock(Path(workspace) / LOCK_FILE)
 
 
-@contextmanager
-def instance_lock(workspace: Path, instance: str) -> Iterator[None]:
+def instance_lock(workspace: Path, instance: str) -> AbstractContextManager[None]:
     """Hold one stage instance's lock (blocking): two flow runs never bring the same instance up to date at once."""
-    path = Path(workspace) / LOCK_FILE.parent / f"fourd-stage-{instance.replace('@', '-at-')}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return _flock(Path(workspace) / LOCK_FILE.parent / f"fourd-stage-{instance.replace('@', '-at-')}.lock")
 
 
 def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -81,17 +81,13 @@ def anchor_loss(
         l1_weight: weight of the pixel L1 term; 0 leaves it out (the paper's loss).
 
     Returns:
-        The weighted sum and the unweighted terms as floats (`anchor_l1` only when `l1_weight` > 0).
+        The weighted sum and the unweighted terms as floats (`anchor_lpips` when `lpips_weight` > 0, `anchor_l1`
+        when `l1_weight` > 0): `anchor_loss_terms` with the terms read back to the host.
     """
-    perceptual = lpips(render, target).mean()
-    dssim = 1.0 - ssim(render, target)
-    total = lpips_weight * perceptual + dssim_weight * dssim
-    parts = {"anchor_lpips": float(perceptual.detach()), "anchor_dssim": float(dssim.detach())}
-    if l1_weight > 0:
-        l1 = anchor_l1(render, target)
-        total = total + l1_weight * l1
-        parts["anchor_l1"] = float(l1.detach())
-    return total, parts
+    total, parts = anchor_loss_terms(
+        render, target, lpips, lpips_weight=lpips_weight, dssim_weight=dssim_weight, l1_weight=l1_weight
+    )
+    return total, {k: float(v) for k, v in parts.items()}
 
 
 def anchor_loss_terms(

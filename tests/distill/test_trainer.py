@@ -131,6 +131,13 @@ def test_anchor_only_optimisation_fits_the_example_views(tmp_path):
     assert last > first + 10.0, (first, last)
 
 
+def l1_only_weights(l1: float):
+    """TINY's loss weights with every term off except the anchor L1 term."""
+    zero = LinearSchedule.constant(0.0)
+    off = {"sds": 0.0, "anchor_lpips": 0.0, "anchor_dssim": 0.0, "orient": zero, "sparsity": zero, "opaque": zero}
+    return TINY.loss_weights.model_copy(update={**off, "anchor_l1": l1})
+
+
 def test_anchor_l1_is_added_logged_and_reaches_the_field(parts):
     """anchor_l1 > 0: same draws and terms as without it, the total grows by λ·loss/anchor_l1, the field's
     gradients change; with only the L1 weight on, the anchor render still runs."""
@@ -153,36 +160,14 @@ def test_anchor_l1_is_added_logged_and_reaches_the_field(parts):
     assert 0.0 < m_extra["loss/anchor_l1"] <= 1.0
     assert m_extra["loss/total"] == pytest.approx(m_plain["loss/total"] + 7.0 * m_extra["loss/anchor_l1"], rel=1e-5)
     assert any(not torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
-    zero = LinearSchedule.constant(0.0)
-    only_l1 = TINY.loss_weights.model_copy(
-        update={
-            "sds": 0.0,
-            "anchor_lpips": 0.0,
-            "anchor_dssim": 0.0,
-            "anchor_l1": 1.0,
-            "orient": zero,
-            "sparsity": zero,
-            "opaque": zero,
-        }
-    )
+    only_l1 = l1_only_weights(1.0)
     metrics = make_trainer(TINY.model_copy(update={"loss_weights": only_l1}), parts).train_step()
     assert metrics["loss/total"] == pytest.approx(metrics["loss/anchor_l1"], rel=1e-6) and "psnr/anchor" in metrics
 
 
 def test_anchor_l1_deferred_backward_matches_the_direct_one(parts):
     """The L1 term's gradient reaches the field the same way through the deferred path (pixel gradients, chunks)."""
-    zero = LinearSchedule.constant(0.0)
-    weights = TINY.loss_weights.model_copy(
-        update={
-            "sds": 0.0,
-            "anchor_lpips": 0.0,
-            "anchor_dssim": 0.0,
-            "anchor_l1": 5.0,
-            "orient": zero,
-            "sparsity": zero,
-            "opaque": zero,
-        }
-    )
+    weights = l1_only_weights(5.0)
     grads = []
     for chunk in (0, 64):
         config = TINY.model_copy(
