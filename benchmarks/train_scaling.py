@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = a.steps or spec["steps"]
         counts = a.gpus[:1] if spec.get("one_gpu_only") else a.gpus
         runs = [train(case, n, a.data, weights, a.work, steps, overrides) for n in counts]
-        entry: dict = {"config": spec["config"], "runs": runs}
+        entry: dict = {"config": {**spec["config"], **overrides}, "overrides": overrides, "runs": runs}
         base = runs[0]
         for r in runs[1:]:
             key = f"{base['gpus']}_vs_{r['gpus']}"

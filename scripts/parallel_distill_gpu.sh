@@ -7,8 +7,9 @@
 #   bash scripts/parallel_distill_gpu.sh <folder of rgba_00000.png …>     # OUT must be set
 #
 # Run in the repository root on the device machine (Python 3.12 + torch, no network, no Docker; the working copy is
-# no git repository): installs the carried wheels (.carry/pipeline-whl/*.whl and .whl/*.whl: prefect, dvc,
-# diffusers, …) into $SITE, copies the tree to $WORK (/tmp/fourd-repo), links weights/fourdm → weights/demo/fourdm
+# no git repository): unpacks .carry/site312.tar.xz into $SITE (scripts/pack_site312.sh: prefect, dvc, diffusers,
+# PyAV, … installed here; carry it and the frame folder), else installs the carried wheels (.carry/pipeline-whl/*.whl,
+# .whl/*.whl; no PyAV: the stages' preview.mp4 then fails), copies the tree to $WORK (/tmp/fourd-repo), links weights/fourdm → weights/demo/fourdm
 # (the official weights are absent), creates weights/eval/lpips as an empty folder (root dvc.yaml lists it as a
 # distill dependency; the config sets' anchor_lpips is 0, so distill never reads it: stages/distill/run.py loads
 # LPIPS only when that weight is > 0), commits the copy to a new git repository and registers the frame folder as
@@ -57,7 +58,11 @@ for tool in git tar "$PY"; do command -v "$tool" >/dev/null || { echo "error: $t
 
 # 1. Environment: the carried wheels (one version of each name: .carry/pipeline-whl wins), `python` on PATH for
 #    dvc.yaml's `python -m stages.<stage>`, no tracking, Prefect's state in /tmp.
-if [ "$INSTALL" = 1 ]; then
+if [ "$INSTALL" = 1 ] && [ -f .carry/site312.tar.xz ]; then
+    # The same wheels (plus PyAV, which the image lacks: preprocess/mvgen/distill write preview.mp4 with it) installed
+    # here beforehand and packed with xz, since the wheels themselves exceed the carry limit: see scripts/pack_site312.sh.
+    rm -rf "$SITE" && mkdir -p "$SITE" && tar -C "$SITE" -xJf .carry/site312.tar.xz
+elif [ "$INSTALL" = 1 ]; then
     mapfile -t wheels < <("$PY" - .carry/pipeline-whl .whl <<'EOF'
 import sys
 from pathlib import Path
@@ -151,11 +156,11 @@ if skipped:
     print("note: not installed on purpose (unused by the flow and dvc status/commit/add):", ", ".join(skipped))
 if missing:
     sys.exit("error: not installed (carry their wheels): " + ", ".join(sorted(set(missing))))
-probe = "import sys, torch, dvc, prefect, diffusers; print(sys.executable, torch.__version__, torch.cuda.device_count(), 'GPUs')"
+probe = "import sys, torch, dvc, prefect, diffusers, av, tyro; print(sys.executable, torch.__version__, torch.cuda.device_count(), 'GPUs')"
 proc = subprocess.run(["python", "-c", probe], env=subprocess_env(), capture_output=True, text=True)
 print(proc.stdout.strip() or proc.stderr.strip())
 if proc.returncode:
-    sys.exit("error: `python` as the stages see it cannot import torch/dvc/prefect/diffusers")
+    sys.exit("error: `python` as the stages see it cannot import torch/dvc/prefect/diffusers/av/tyro")
 # A trivial flow starts Prefect's temporary server as the phases will (its startup imports more than `prefect` does:
 # a GPU call once lost both phases to a missing burner_redis there).
 proc = subprocess.run(["python", "-c", "from prefect import flow; print('prefect flow ok', flow(lambda: 1)())"],

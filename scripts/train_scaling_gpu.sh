@@ -7,6 +7,7 @@
 #
 #   bash scripts/train_scaling_gpu.sh              # ~6 min: cases demo (1/2 GPUs), full (1/2 GPUs), full-ckpt (1 GPU)
 #   CASES="demo" STEPS=20 bash scripts/train_scaling_gpu.sh    # a quick check of the same path
+#   CASES="demo" STEPS=300 SET=micro_batch_size=4 bash scripts/train_scaling_gpu.sh   # one --set KEY=VALUE override
 #
 # $OUT receives train_scaling.json (the benchmark's JSON), train_scaling.txt (its table) and each run's console log.
 set -euo pipefail
@@ -26,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 status=0
 # shellcheck disable=SC2086
 python3 benchmarks/train_scaling.py --data "$DATA" --gpus 1 2 --cases $CASES --work "$WORK" \
-    --json "$OUT/train_scaling.json" ${STEPS:+--steps "$STEPS"} 2>&1 | tee "$OUT/train_scaling.txt" || status=$?
+    --json "$OUT/train_scaling.json" ${STEPS:+--steps "$STEPS"} ${SET:+--set $SET} 2>&1 | tee "$OUT/train_scaling.txt" || status=$?
 for f in "$WORK"/*/console.log; do
     [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")").console.log"
 done

@@ -31,6 +31,7 @@ def test_train_scaling_smoke_on_cpu(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     demo = result["cases"]["demo"]
     one, two = demo["runs"]
+    assert demo["overrides"]["batch_size"] == demo["config"]["batch_size"] == 2  # the JSON says what ran
     assert (one["gpus"], one["accumulation"], two["gpus"], two["accumulation"]) == (1, 2, 2, 1)
     assert len(one["losses"]) == len(two["losses"]) == 2 and one["clips_per_s"] > 0
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)  # same global batches
