@@ -141,10 +141,11 @@ class OccupancyGrid(nn.Module):
 
 @dataclass
 class RenderOutput:
-    """Per ray: rgb (N, 3) in [0, 1] over the background, opacity (N,) in [0, 1]; orient (N,) when asked for
-    (Σ_i w_i.detach()·relu(n_i·d)², threestudio's orientation term), num_samples = samples composited."""
+    """Per ray: rgb (N, 3) in [0, 1] over the background (None from a render without colour), opacity (N,) in
+    [0, 1]; orient (N,) when asked for (Σ_i w_i.detach()·relu(n_i·d)², threestudio's orientation term), num_samples =
+    samples composited."""
 
-    rgb: Tensor
+    rgb: Tensor | None
     opacity: Tensor
     orient: Tensor | None
     num_samples: int
@@ -430,6 +431,7 @@ def composite(
     step_size: float,
     background: float = 1.0,
     with_orient: bool = False,
+    with_rgb: bool = True,
 ) -> RenderOutput:
     """Step 4 of the module docstring: evaluate `samples` with autograd and composite them.
 
@@ -437,22 +439,28 @@ def composite(
         field, rays, times: as in `render_rays` (the rays the samples index).
         samples: from `sample_rays` (its no-grad values are not used).
         step_size, background, with_orient: as in `render_rays`.
+        with_rgb: False evaluates the density only (`field.density`: no colour network) and returns rgb None. The
+            orientation pass uses it: its term depends on the normals alone (the weights enter detached), so the
+            colour would be computed for nothing; the term and its gradients are the same either way.
     """
     ray_ids, num_rays = samples.ray_ids, samples.num_rays
     x = _midpoints(rays, ray_ids, samples.t_starts, step_size)
     if with_orient:
         x = x.detach().requires_grad_(True)
     with torch.enable_grad() if with_orient else contextlib.nullcontext():
-        out = field(x, times[ray_ids])
+        if with_rgb:
+            out = field(x, times[ray_ids])
+            density, colour = out.density, out.rgb
+        else:
+            density, colour = field.density(x, times[ray_ids]), None
         if with_orient:
-            (grad,) = torch.autograd.grad(out.density.sum(), x, create_graph=True)
+            (grad,) = torch.autograd.grad(density.sum(), x, create_graph=True)
             normals = -grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    weights, opacity, rgb = _accumulate(out.density, out.rgb, ray_ids, num_rays, step_size, background)
+    weights, opacity, rgb = _accumulate(density, colour, ray_ids, num_rays, step_size, background)
     orient = None
     if with_orient:
         facing = (normals * rays.directions[ray_ids]).sum(-1).clamp(min=0.0) ** 2
         orient = torch.zeros(num_rays, device=x.device).index_add(0, ray_ids, weights.detach() * facing)
-    assert rgb is not None
     return RenderOutput(rgb=rgb, opacity=opacity, orient=orient, num_samples=int(ray_ids.numel()))
 
 
@@ -558,6 +566,8 @@ class DeferredRender:
             loss_fn: the chunk's scalar loss; rays without samples are not in any chunk (they hold no gradient).
             chunk_samples: samples per autograd chunk (memory bound; whole rays).
             with_orient: the chunk renders carry the orientation term (double backward through the field).
+
+        A render made without colour (`with_rgb=False`) is re-evaluated without colour too (`composite`'s with_rgb).
         """
         for s0, s1, r0, r1 in self.chunks(chunk_samples):
             part = RaySamples(self.samples.ray_ids[s0:s1] - r0, self.samples.t_starts[s0:s1], r1 - r0)
@@ -570,6 +580,7 @@ class DeferredRender:
                 step_size=self.step_size,
                 background=self.background,
                 with_orient=with_orient,
+                with_rgb=self.rgb is not None,
             )
             loss = loss_fn(out, slice(r0, r1))
             if loss.requires_grad:

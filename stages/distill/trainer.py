@@ -205,13 +205,16 @@ class Trainer:
         *,
         stratified: bool,
         with_orient: bool = False,
+        with_rgb: bool = True,
         kind: str = "render",
     ) -> RenderOutput:
         """Render every (time, camera) pair with autograd, rays ordered (time, camera, row, column); its sample
-        counts go to `render_stats[kind]`."""
+        counts go to `render_stats[kind]`. with_rgb False: density only (`composite`)."""
         rays, ray_times = self._rays(cameras, times, size)
         samples = self._sample(rays, ray_times, stratified=stratified, with_values=False, with_rgb=False, kind=kind)
-        return composite(self.field, rays, ray_times, samples, step_size=self.step_size, with_orient=with_orient)
+        return composite(
+            self.field, rays, ray_times, samples, step_size=self.step_size, with_orient=with_orient, with_rgb=with_rgb
+        )
 
     def render_deferred(
         self,
@@ -385,6 +388,7 @@ class Trainer:
                         size,
                         stratified=True,
                         with_orient=True,
+                        with_rgb=False,
                         kind="orient",
                     )
                     assert normal_pass.orient is not None

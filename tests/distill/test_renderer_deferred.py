@@ -8,7 +8,14 @@ import torch
 from stages.common.cameras import OrbitCamera
 from stages.distill.cameras import Rays, camera_rays
 from stages.distill.fields import DynamicNeRFField
-from stages.distill.renderer import OccupancyGrid, render_rays, render_rays_deferred, sample_rays, step_size_for
+from stages.distill.renderer import (
+    OccupancyGrid,
+    composite,
+    render_rays,
+    render_rays_deferred,
+    sample_rays,
+    step_size_for,
+)
 
 STEP = step_size_for(64)
 
@@ -130,3 +137,30 @@ def test_deferred_orientation_pass_gives_the_direct_double_backward_gradients():
     # The normals depend on the density only: the grids and the density MLP, not the colour MLP.
     names = {name for name, _ in field.named_parameters() if not name.startswith("feature_mlp")}
     assert_same_grads(want, grads(field), names)
+
+
+def test_orientation_pass_without_colour_gives_the_same_term_and_gradients():
+    # The orientation pass evaluates the density alone (composite with_rgb=False): its term, the opacity and every
+    # parameter gradient equal those of the full field call, and the colour network is never run.
+    field = tiny_field(blob_density=10.0)
+    rays, times, grid = scene(field, size=8)
+    samples = sample_rays(field, rays, times, grid, generator=torch.Generator().manual_seed(2), **KW)
+    outs, got = [], []
+    for with_rgb in (True, False):
+        out = composite(field, rays, times, samples, step_size=STEP, with_orient=True, with_rgb=with_rgb)
+        (out.orient.sum() / (out.opacity > 0).sum()).backward()
+        outs.append(out)
+        got.append(grads(field))
+    full, bare = outs
+    assert full.rgb is not None and bare.rgb is None
+    assert bare.num_samples == full.num_samples > 0
+    torch.testing.assert_close(bare.orient, full.orient)
+    torch.testing.assert_close(bare.opacity, full.opacity)
+    names = {name for name, _ in field.named_parameters() if not name.startswith("feature_mlp")}
+    assert_same_grads(got[0], got[1], names)
+    calls = []
+    handle = field.feature_mlp.register_forward_hook(lambda *_: calls.append(1))
+    composite(field, rays, times, samples, step_size=STEP, with_orient=True, with_rgb=False)
+    composite(field, rays, times, samples, step_size=STEP, with_orient=True)
+    handle.remove()
+    assert len(calls) == 1  # only the call with colour ran the colour network
