@@ -18,6 +18,7 @@ from stages.common.config import load_config
 from stages.common.errors import StageError
 from stages.common.image_io import write_rgba
 from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm
+from stages.mvgen.training.camera_check import main as camera_check_main
 from stages.mvgen.training.demo_config import DemoModelConfig
 from stages.mvgen.training.demo_data import clip_stride, front_view, load_clip_bank, sample_windows
 from stages.mvgen.training.demo_model import (
@@ -241,6 +242,8 @@ def test_tiny_run_exports_a_fourdm_folder_that_loads_and_samples(trained):
     assert summary["unet"]["steps"] == 4 and set(summary["samples"]) == {"cube-a", "ball-a"}
     report = (trained / "report.md").read_text()
     assert report.startswith("# Demo 4DM training run") and "| unet | 4 |" in report and "| cube-a |" in report
+    assert [r["t"] for r in summary["camera_check"]] == [50, 200, 400, 600, 800, 950]
+    assert "## Camera check" in report and "| 950 |" in report
     assert {p.name for p in (trained / "samples").iterdir()} == {
         "cube-a.png",
         "ball-a.png",
@@ -309,3 +312,17 @@ def test_demo_size_model_maps_64px_frames_to_16px_latents(tmp_path):
     assert latents.shape == (1, 4, 16, 16) and pipe.unet.config.sample_size == 16
     assert pipe.encode_images(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 65, 64)
     assert pipe.encode_text(["a low-poly red fox"]).shape == (1, 77, 64)
+
+
+def test_camera_check_command_line(data, trained, tmp_path, capsys):
+    out = tmp_path / "check.json"
+    argv = ["--weights", str(trained / EXPORT), "--data", str(data), "--clip", "cube-a", "--windows", "2"]
+    assert camera_check_main([*argv, "--frames", "4", "--timesteps", "100", "900", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["clips"] == ["cube-a"] and [r["t"] for r in result["rows"]] == [100, 900]
+    for r in result["rows"]:
+        assert r["gap"] == pytest.approx(r["mse_rotated"] - r["mse_true"])
+        assert r["relative_gap"] == pytest.approx(r["mse_rotated"] / r["mse_true"] - 1)
+    assert "true vs rotated cameras" in capsys.readouterr().out
+    assert camera_check_main(["--weights", str(trained / EXPORT), "--data", str(data), "--clip", "nope"]) == 2
+    assert "is not a folder of render artifacts" in capsys.readouterr().err

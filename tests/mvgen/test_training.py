@@ -14,7 +14,15 @@ from stages.common.image_io import write_rgba
 from stages.mvgen.pipeline_fourdm import load_fourdm
 from stages.mvgen.training import TrainConfig, run
 from stages.mvgen.training.dataset import find_clip_sources, sample_clip
-from stages.mvgen.training.train_fourdm import dropout_mask, step_generator, training_loss
+from stages.mvgen.training.train_fourdm import (
+    _predict_noise,
+    camera_gap,
+    denoising_loss,
+    dropout_mask,
+    min_snr_weights,
+    step_generator,
+    training_loss,
+)
 from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,3 +267,57 @@ def test_sample_grids_are_written_and_do_not_change_training(setup, tmp_path):
     np.testing.assert_array_equal(grid[:IMAGE_PX, :IMAGE_PX, :3], s.condition[0])
     np.testing.assert_array_equal(grid[IMAGE_PX : 2 * IMAGE_PX, :IMAGE_PX, :3], s.views[0, 0])
     assert not (tmp_path / "plain" / "samples").exists()
+
+
+def encoded_batch(pipe, batch: int = 2, frames: int = 3) -> tuple[torch.Tensor, ...]:
+    """Random latents, tokens and text of `batch` clips, cameras at 0/90/180/270° (+ the zero reference row)."""
+    g = torch.Generator().manual_seed(5)
+    h = IMAGE_PX // 2
+    x0 = torch.randn((batch, frames, 4, 4, h, h), generator=g)
+    ref = torch.randn((batch, frames, 4, h, h), generator=g)
+    tokens = torch.randn((batch, frames, 257, pipe.unet.config.ip_embedding_dim), generator=g)
+    text = pipe.encode_text(["a cube"] * batch).float()
+    cameras = torch.from_numpy(fourdm_camera_vectors([0, 90, 180, 270], 10.0))[None].repeat(batch, 1, 1)
+    return x0, ref, tokens, text, cameras
+
+
+def test_min_snr_weights_and_weighted_loss(setup):
+    pipe = load_fourdm(setup["weights"])
+    alphas = pipe.scheduler.alphas_cumprod.double()
+    snr = alphas / (1 - alphas)
+    t = torch.tensor([0, 100, 500, 900, 999])
+    w = min_snr_weights(pipe.scheduler, t, 5.0)
+    want = torch.where(snr[t] > 5.0, 5.0 / snr[t], torch.ones_like(snr[t])).float()
+    torch.testing.assert_close(w, want)
+    assert w[0] < 0.01 and w[-1] == 1.0  # low noise down-weighted, high noise kept
+
+    x0, ref, tokens, text, cameras = encoded_batch(pipe, batch=3)
+    args = (pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras)
+    with torch.no_grad():
+        uniform = denoising_loss(*args, torch.Generator().manual_seed(1))
+        huge = denoising_loss(*args, torch.Generator().manual_seed(1), min_snr_gamma=1e12)  # every weight is 1
+        weighted = denoising_loss(*args, torch.Generator().manual_seed(1), min_snr_gamma=5.0)
+        # The same draws by hand: noise first, then one timestep per clip, as denoising_loss takes them.
+        g = torch.Generator().manual_seed(1)
+        noise = torch.randn((3, x0.shape[1], 5, *x0.shape[3:]), generator=g)
+        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (3,), generator=g)
+        assert t.min() < 60  # seed 1 draws one low-noise clip (SNR > 5), so the weighting matters
+        eps = _predict_noise(*args, noise, t, None)
+        per_clip = (eps[:, :, :4] - noise[:, :, :4]).pow(2).mean(dim=(1, 2, 3, 4, 5))
+    torch.testing.assert_close(huge, uniform, rtol=1e-5, atol=0)
+    want = (per_clip * min_snr_weights(pipe.scheduler, t, 5.0)).mean()
+    torch.testing.assert_close(weighted, want, rtol=1e-5, atol=0)
+    assert not torch.isclose(weighted, uniform, rtol=1e-3)
+
+
+def test_camera_gap_is_zero_exactly_when_the_camera_input_is_cut(setup):
+    pipe = load_fourdm(setup["weights"])
+    x0, ref, tokens, text, cameras = encoded_batch(pipe)
+    args = (pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras)
+    live = camera_gap(*args, [100, 900], torch.Generator().manual_seed(0))
+    assert set(live) == {100, 900} and all(np.isfinite(v).all() for v in live.values())
+    assert any(abs(rotated - true) > 1e-6 for true, rotated in live.values())  # random weights do see cameras
+    with torch.no_grad():
+        pipe.unet.camera_embed[0].weight.zero_()  # every camera now gives the same embedding
+    cut = camera_gap(*args, [100, 900], torch.Generator().manual_seed(0))
+    assert all(true == rotated for true, rotated in cut.values())

@@ -130,6 +130,10 @@ class DemoModelConfig(StageConfig):
     """AdamW weight decay of the UNet."""
     warmup_steps: int = Field(300, ge=0)
     """Linear learning-rate warm-up, also after a resume without optimiser state."""
+    min_snr_gamma: float = Field(0.0, ge=0.0)
+    """γ of min-SNR loss weighting of the UNet (train_fourdm.min_snr_weights); 0 = uniform (eq. 7). Steps 1-2536
+    of the shipped model were uniform; the camera check (`python -m stages.mvgen.training.camera_check`) found its
+    camera input unused, and min-SNR moves the gradient toward the high-noise timesteps that teach it."""
     grad_clip: float = Field(1.0, gt=0.0)
     """Gradient norm clip."""
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)

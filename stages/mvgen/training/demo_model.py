@@ -496,6 +496,7 @@ def unet_step_loss(
         w.cameras.to(device),
         dev_gen,
         _autocast(cfg, device),
+        cfg.min_snr_gamma,
     )
 
 
@@ -677,6 +678,19 @@ def write_report(output_dir: Path, summary: dict) -> None:
     lines += ["| clip | " + " | ".join(scales) + " |", "|---" * (len(scales) + 1) + "|"]
     for clip, m in summary["samples"].items():
         lines.append(f"| {clip} | " + " | ".join(f"{m[k]:.2f}" for k in scales) + " |")
+    if summary.get("camera_check"):
+        lines += [
+            "",
+            "## Camera check (`python -m stages.mvgen.training.camera_check`: ε-MSE of 8 training windows with",
+            "the true cameras vs each view given the next view's camera; ~0 % means the camera input is unused)",
+            "",
+            "| t | true | rotated | relative gap |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['t']} | {r['mse_true']:.5f} | {r['mse_rotated']:.5f} | {r['relative_gap']:+.2%} |"
+            for r in summary["camera_check"]
+        ]
     (output_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -832,6 +846,12 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
         metrics = write_samples(exported, bank, cfg, output_dir / SAMPLES)
         for name in metrics:
             tracker.log_metrics({f"samples/{name}/{k}": v for k, v in metrics[name].items()}, step=state.unet_step)
+        from stages.mvgen.training.camera_check import check_cameras  # imports this module
+
+        cameras = check_cameras(
+            exported, bank, windows=8, num_frames=cfg.num_frames, max_stride=cfg.max_frame_stride, seed=cfg.seed
+        )
+        tracker.log_metrics({f"camera_check/relative_gap_t{r['t']}": r["relative_gap"] for r in cameras})
         steps_run = state.unet_step - start_step
         summary = {
             "config_sha256": sha,
@@ -849,6 +869,7 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
                 "condition_dropout": cfg.condition_dropout,
                 "focus_clip": cfg.focus_clip,
                 "focus_fraction": cfg.focus_fraction,
+                "min_snr_gamma": cfg.min_snr_gamma,
                 "compile_unet": cfg.compile_unet,
             },
             "vae": {"steps": state.vae_step, "scaling_factor": state.scaling_factor, "recon_psnr_db": vae_psnr},
@@ -861,6 +882,7 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
             },
             "seconds": {**{k: round(v, 1) for k, v in state.seconds.items()}, "caches": round(cache_s, 1)},
             "samples": metrics,
+            "camera_check": cameras,
             "run_wall_s": round(time.monotonic() - _START, 1),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__,

@@ -38,7 +38,7 @@ from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
 from stages.mvgen.training.config import TrainConfig
 from stages.mvgen.training.dataset import TrainSample, find_clip_sources, sample_clip
 
-__all__ = ["run", "training_loss", "denoising_loss", "dropout_mask", "step_generator"]
+__all__ = ["run", "training_loss", "denoising_loss", "camera_gap", "min_snr_weights", "dropout_mask", "step_generator"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -69,10 +69,12 @@ def training_loss(
     condition_dropout: float,
     autocast_dtype: torch.dtype | None = None,
     denoiser: torch.nn.Module | None = None,
+    min_snr_gamma: float = 0.0,
 ) -> Tensor:
     """Eq. 7 on a micro-batch: MSE between the true and predicted noise of the 4 generated views.
 
-    `denoiser` is the UNet to call (a DistributedDataParallel wrapper of `pipe.unet` when training on several GPUs).
+    `denoiser` is the UNet to call (a DistributedDataParallel wrapper of `pipe.unet` when training on several GPUs);
+    `min_snr_gamma` > 0 weights each clip by min-SNR-γ (`denoising_loss`).
     """
     device = pipe.device
     batch, frames = len(samples), samples[0].views.shape[1]
@@ -90,8 +92,16 @@ def training_loss(
     ref, tokens = ref * keep[:, None, None, None, None], tokens * keep[:, None, None, None]
     cameras = cameras * keep[:, None, None]
     return denoising_loss(
-        denoiser or pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras, generator, autocast_dtype
+        denoiser or pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras, generator, autocast_dtype, min_snr_gamma
     )
+
+
+def min_snr_weights(scheduler: DDIMScheduler, t: Tensor, gamma: float) -> Tensor:
+    """Per-timestep loss weights min(SNR(t), γ) / SNR(t) of ε-prediction (Hang et al. 2023, "Efficient Diffusion
+    Training via Min-SNR Weighting Strategy"), SNR = ᾱ_t / (1 − ᾱ_t): 1 where SNR ≤ γ (high noise), γ/SNR below."""
+    alpha = scheduler.alphas_cumprod.to(t.device, torch.float64)[t]
+    snr = alpha / (1.0 - alpha)
+    return (snr.clamp(max=gamma) / snr).float()
 
 
 def denoising_loss(
@@ -104,11 +114,15 @@ def denoising_loss(
     cameras: Tensor,
     generator: torch.Generator,
     autocast_dtype: torch.dtype | None = None,
+    min_snr_gamma: float = 0.0,
 ) -> Tensor:
     """Eq. 7 on encoded clips (condition dropout already applied by the caller).
 
     Noise and one timestep per clip are drawn from `generator` (on its device), the reference slot holds the
-    clean reference latent, and the loss is the ε-prediction MSE over the 4 generated views.
+    clean reference latent, and the loss is the ε-prediction MSE over the 4 generated views: uniform over clips and
+    timesteps (the paper's), or with `min_snr_gamma` > 0 each clip's MSE weighted by `min_snr_weights` (ours, an
+    option: it lowers the weight of the low-noise timesteps, whose large ε errors otherwise dominate the gradient;
+    the camera conditioning is learnt at high noise, where a view's content is not yet in the latent).
 
     Args:
         denoiser: the 4DM UNet (or a DistributedDataParallel wrapper of it).
@@ -120,6 +134,7 @@ def denoising_loss(
         cameras: (B, 5, 16) camera vectors of the 4 views and the reference slot.
         generator: noise and timesteps; on the latents' device or the CPU.
         autocast_dtype: autocast the UNet forward to this dtype (None: no autocast).
+        min_snr_gamma: γ of the min-SNR weighting; 0 = uniform (eq. 7).
 
     Returns:
         scalar loss (float32).
@@ -131,6 +146,29 @@ def denoising_loss(
     t = torch.randint(
         0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=generator.device
     ).to(device)
+    eps = _predict_noise(denoiser, scheduler, x0, ref, tokens, text, cameras, noise, t, autocast_dtype)
+    if min_snr_gamma > 0:
+        per_clip = (eps[:, :, :VIEWS] - noise[:, :, :VIEWS]).pow(2).flatten(1).mean(1)  # (B,)
+        return (per_clip * min_snr_weights(scheduler, t, min_snr_gamma)).mean()
+    return F.mse_loss(eps[:, :, :VIEWS], noise[:, :, :VIEWS])
+
+
+def _predict_noise(
+    denoiser: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    x0: Tensor,
+    ref: Tensor,
+    tokens: Tensor,
+    text: Tensor,
+    cameras: Tensor,
+    noise: Tensor,
+    t: Tensor,
+    autocast_dtype: torch.dtype | None,
+) -> Tensor:
+    """The UNet's ε (B, F, 5, C, h, w) for clips noised with `noise` (B, F, 5, C, h, w) at timesteps t (B,)."""
+    device = x0.device
+    batch, frames = x0.shape[:2]
+    latent = x0.shape[3:]
     # The reference slot is overwritten with the clean reference latent inside the UNet.
     x0_slots = torch.cat([x0, ref[:, :, None]], dim=2)  # (B, F, 5, C, h, w)
     t_rows = t.repeat_interleave(frames * SLOTS)
@@ -148,8 +186,42 @@ def denoising_loss(
             frames,
             SLOTS,
         )
-    eps = eps.float().reshape(batch, frames, SLOTS, *latent)
-    return F.mse_loss(eps[:, :, :VIEWS], noise[:, :, :VIEWS])
+    return eps.float().reshape(batch, frames, SLOTS, *latent)
+
+
+@torch.no_grad()
+def camera_gap(
+    denoiser: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    x0: Tensor,
+    ref: Tensor,
+    tokens: Tensor,
+    text: Tensor,
+    cameras: Tensor,
+    timesteps: list[int],
+    generator: torch.Generator,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[int, tuple[float, float]]:
+    """Does the UNet use its camera input? Per timestep t: the ε-MSE of the 4 views with the true cameras and with
+    each view given the next view's camera (view k gets k+1's, the last gets the first's), same noise.
+
+    A UNet that has learnt the camera conditioning does worse with the rotated cameras, mostly at high t (the latent
+    holds little of a view's content there); equal losses mean it ignores which camera a slot has. Arguments as in
+    `denoising_loss` (conditioning as trained, no dropout); returns {t: (mse with the true cameras, rotated)}.
+    """
+    batch, frames = x0.shape[:2]
+    rotated = torch.cat([cameras[:, 1:VIEWS], cameras[:, :1], cameras[:, VIEWS:]], dim=1)
+    out = {}
+    for t in timesteps:
+        noise = torch.randn((batch, frames, SLOTS, *x0.shape[3:]), generator=generator, device=generator.device)
+        noise = noise.to(x0.device)
+        tt = torch.full((batch,), int(t), dtype=torch.long, device=x0.device)
+        mse = []
+        for cams in (cameras, rotated):
+            eps = _predict_noise(denoiser, scheduler, x0, ref, tokens, text, cams, noise, tt, autocast_dtype)
+            mse.append(float(F.mse_loss(eps[:, :, :VIEWS], noise[:, :, :VIEWS])))
+        out[int(t)] = (mse[0], mse[1])
+    return out
 
 
 def _trainable(pipe: FourDMPipeline, mode: str) -> dict[str, torch.nn.Parameter]:
@@ -273,7 +345,12 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
                 # Gradients are all-reduced once per optimiser step, on the last micro-batch.
                 sync = model.no_sync() if world > 1 and micro < accumulation - 1 else nullcontext()
                 with sync:
-                    loss = training_loss(pipe, samples, gen, config.condition_dropout, autocast, model) / accumulation
+                    loss = (
+                        training_loss(
+                            pipe, samples, gen, config.condition_dropout, autocast, model, config.min_snr_gamma
+                        )
+                        / accumulation
+                    )
                     loss.backward()
                 total += float(loss.detach())
             optimizer.step()
