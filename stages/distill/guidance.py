@@ -13,6 +13,8 @@ conditioned on the input video, the text and the cameras. Per call (threestudio
 5. x̂0 = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t, and likewise x̂0_c from ε_c; std rescale
    x̂0 ← r·x̂0·std(x̂0_c)/std(x̂0) + (1 − r)·x̂0 over all latents (r = 0.2);
 6. L = ½‖z − sg(x̂0)‖² summed, divided by the number of latents (F·V).
+A 4DM whose scheduler says `prediction_type: v_prediction` (a demo-model option; 4DM itself predicts ε) gives v
+instead of ε: CFG combines the v's, and x̂0 = √ᾱ_t z_t − √(1−ᾱ_t) v̂ (x̂0_c likewise) replaces step 5's formula.
 Only the public API of stages.mvgen is used: `FourDMPipeline`'s components and encoders.
 
 Memory option `vae_chunk` > 0: step 1 runs without autograd (the UNet needs every latent before any gradient
@@ -81,6 +83,9 @@ class FourDMGuidance:
         alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
         self.alphas_cumprod = alphas
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+        self.prediction_type = pipe.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"4DM scheduler prediction_type {self.prediction_type!r}: epsilon or v_prediction")
 
     @property
     def device(self) -> torch.device:
@@ -199,9 +204,15 @@ class FourDMGuidance:
             eps_cond, eps_uncond = eps[0], eps[1]
             eps_cfg = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
             # 5. x0 estimates and the std rescale (statistics over all F·V latents jointly, spec §2.8 quirk 2).
-            x0 = (z_t - (1 - alpha).sqrt() * eps_cfg) / alpha.sqrt()
+            if self.prediction_type == "v_prediction":  # eps_* hold v: x̂0 = √ᾱ z_t − √(1−ᾱ) v̂
+                x0 = alpha.sqrt() * z_t - (1 - alpha).sqrt() * eps_cfg
+            else:
+                x0 = (z_t - (1 - alpha).sqrt() * eps_cfg) / alpha.sqrt()
             if self.std_rescale > 0:
-                x0_cond = (z_t - (1 - alpha).sqrt() * eps_cond) / alpha.sqrt()
+                if self.prediction_type == "v_prediction":
+                    x0_cond = alpha.sqrt() * z_t - (1 - alpha).sqrt() * eps_cond
+                else:
+                    x0_cond = (z_t - (1 - alpha).sqrt() * eps_cond) / alpha.sqrt()
                 factor = (x0_cond.std() + 1e-8) / (x0.std() + 1e-8)
                 x0 = self.std_rescale * x0 * factor + (1 - self.std_rescale) * x0
         # 6. x0-reconstruction loss; its gradient w.r.t. z is (z − x̂0)/N.

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import copy
+import types
+
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
 from stages.distill.guidance import FourDMGuidance
+from stages.mvgen.models import FourDMUNet
+from stages.mvgen.pipeline_fourdm import FourDMPipeline
 from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
 
 
@@ -83,3 +89,50 @@ def test_cfg_and_rescale_follow_the_formula(guidance, cond):
     torch.testing.assert_close(x_full, x_cfg * (x_plain.std() + 1e-8) / (x_cfg.std() + 1e-8))
     r = call(guidance, cond, rgb).target  # r = 0.2
     torch.testing.assert_close(r, 0.2 * x_full + 0.8 * x_cfg)
+
+
+def test_v_prediction_guidance_gives_the_epsilon_targets(guidance, cond):
+    """A 4DM predicting v (scheduler prediction_type v_prediction) that equals an ε model converted, v = √ᾱ·ε −
+    √(1−ᾱ)·x̂0, gives the same SDS target: CFG and the std rescale act on x̂0 the same way."""
+    pipe = guidance.pipe
+    alphas = pipe.scheduler.alphas_cumprod
+
+    def v_forward(self, sample, timestep, *args):
+        eps = FourDMUNet.forward(self, sample, timestep, *args)
+        a = alphas.to(sample.device)[timestep].reshape(-1, 1, 1, 1)
+        x0 = (sample - (1 - a).sqrt() * eps) / a.sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    unet_v = copy.deepcopy(pipe.unet)
+    unet_v.forward = types.MethodType(v_forward, unet_v)
+    scheduler_v = DDIMScheduler(
+        **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
+        | {"prediction_type": "v_prediction"}
+    )
+    pipe_v = FourDMPipeline(
+        unet_v, pipe.vae, scheduler_v, pipe.text_encoder, pipe.tokenizer, pipe.image_encoder, pipe.feature_extractor
+    )
+    guidance_v = FourDMGuidance(pipe_v, guidance_scale=5.0, std_rescale=0.2)
+    assert guidance_v.prediction_type == "v_prediction" and guidance.prediction_type == "epsilon"
+    rgb = torch.rand(2, 4, 3, IMAGE_PX, IMAGE_PX, generator=torch.Generator().manual_seed(4))
+    want, got = call(guidance, cond, rgb), call(guidance_v, cond, rgb)
+    assert got.timestep == want.timestep
+    torch.testing.assert_close(got.target, want.target, rtol=1e-4, atol=1e-4)
+    # The same v model read as an ε model gives another target: the conversion is what makes them agree.
+    scheduler_eps = DDIMScheduler(
+        **{k: v for k, v in scheduler_v.config.items() if not k.startswith("_")} | {"prediction_type": "epsilon"}
+    )
+    wrong = FourDMGuidance(
+        FourDMPipeline(
+            unet_v,
+            pipe.vae,
+            scheduler_eps,
+            pipe.text_encoder,
+            pipe.tokenizer,
+            pipe.image_encoder,
+            pipe.feature_extractor,
+        ),
+        guidance_scale=5.0,
+        std_rescale=0.2,
+    )
+    assert not torch.allclose(call(wrong, cond, rgb).target, want.target, atol=1e-2)

@@ -17,7 +17,7 @@ from stages.common.cameras import OrbitCamera, fourdm_camera_vectors, save_camer
 from stages.common.config import load_config
 from stages.common.errors import StageError
 from stages.common.image_io import write_rgba
-from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm
+from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm, official_scheduler
 from stages.mvgen.training.camera_check import main as camera_check_main
 from stages.mvgen.training.demo_config import DemoModelConfig
 from stages.mvgen.training.demo_data import clip_stride, front_view, load_clip_bank, sample_windows
@@ -227,6 +227,8 @@ def test_tiny_run_exports_a_fourdm_folder_that_loads_and_samples(trained):
     assert index == {"_class_name": "FourDMPipeline", **{k: v.__name__ for k, v in COMPONENTS.items()}}
     pipe = load_fourdm(trained / EXPORT)
     assert pipe.unet.dtype == torch.float32  # float16 files, upcast by the loader
+    assert pipe.scheduler.config.prediction_type == "epsilon" and not pipe.scheduler.config.rescale_betas_zero_snr
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod, official_scheduler().alphas_cumprod)
     state = json.loads((trained / CHECKPOINT / "state.json").read_text())
     assert pipe.vae.config.scaling_factor == pytest.approx(state["scaling_factor"])
     ema = load_file(str(trained / CHECKPOINT / "unet_ema.safetensors"))
@@ -326,3 +328,21 @@ def test_camera_check_command_line(data, trained, tmp_path, capsys):
     assert "true vs rotated cameras" in capsys.readouterr().out
     assert camera_check_main(["--weights", str(trained / EXPORT), "--data", str(data), "--clip", "nope"]) == 2
     assert "is not a folder of render artifacts" in capsys.readouterr().err
+
+
+def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler(data, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(prediction_type="v_prediction", zero_terminal_snr=True), data_dir=data, output_dir=out)
+    pipe = load_fourdm(out / EXPORT)  # the scheduler's config travels with the weights
+    scheduler = pipe.scheduler
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0 < float(official_scheduler().alphas_cumprod[-1])
+    scheduler.set_timesteps(4)
+    assert int(scheduler.timesteps[0]) == 999  # sampling starts where training saw no trace of the views
+    frames = (np.random.default_rng(0).random((4, PX, PX, 3)) * 255).astype(np.uint8)
+    images = pipe(
+        frames, "a cube", negative_prompt="", num_inference_steps=3, generator=torch.Generator().manual_seed(0)
+    )
+    assert np.isfinite(images.images).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(np.isfinite(r["mse_true"]) for r in summary["camera_check"])

@@ -5,21 +5,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 
 from stages.common.artifacts import RenderManifest, ViewSet
 from stages.common.cameras import OrbitCamera, fourdm_camera_vectors, save_cameras
 from stages.common.config import load_config
+from stages.common.errors import StageError
 from stages.common.image_io import write_rgba
 from stages.mvgen.pipeline_fourdm import load_fourdm
 from stages.mvgen.training import TrainConfig, run
 from stages.mvgen.training.dataset import find_clip_sources, sample_clip
 from stages.mvgen.training.train_fourdm import (
-    _predict_noise,
+    _output_and_target,
     camera_gap,
     denoising_loss,
     dropout_mask,
-    min_snr_weights,
     step_generator,
     training_loss,
 )
@@ -281,33 +282,29 @@ def encoded_batch(pipe, batch: int = 2, frames: int = 3) -> tuple[torch.Tensor, 
     return x0, ref, tokens, text, cameras
 
 
-def test_min_snr_weights_and_weighted_loss(setup):
+def test_v_prediction_trains_on_the_velocity(setup):
     pipe = load_fourdm(setup["weights"])
-    alphas = pipe.scheduler.alphas_cumprod.double()
-    snr = alphas / (1 - alphas)
-    t = torch.tensor([0, 100, 500, 900, 999])
-    w = min_snr_weights(pipe.scheduler, t, 5.0)
-    want = torch.where(snr[t] > 5.0, 5.0 / snr[t], torch.ones_like(snr[t])).float()
-    torch.testing.assert_close(w, want)
-    assert w[0] < 0.01 and w[-1] == 1.0  # low noise down-weighted, high noise kept
-
     x0, ref, tokens, text, cameras = encoded_batch(pipe, batch=3)
     args = (pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras)
+    config = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
+    v_scheduler = DDIMScheduler(**config | {"prediction_type": "v_prediction"})
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn((3, x0.shape[1], 5, *x0.shape[3:]), generator=g)
+    t = torch.randint(0, 1000, (3,), generator=g)
     with torch.no_grad():
-        uniform = denoising_loss(*args, torch.Generator().manual_seed(1))
-        huge = denoising_loss(*args, torch.Generator().manual_seed(1), min_snr_gamma=1e12)  # every weight is 1
-        weighted = denoising_loss(*args, torch.Generator().manual_seed(1), min_snr_gamma=5.0)
-        # The same draws by hand: noise first, then one timestep per clip, as denoising_loss takes them.
-        g = torch.Generator().manual_seed(1)
-        noise = torch.randn((3, x0.shape[1], 5, *x0.shape[3:]), generator=g)
-        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (3,), generator=g)
-        assert t.min() < 60  # seed 1 draws one low-noise clip (SNR > 5), so the weighting matters
-        eps = _predict_noise(*args, noise, t, None)
-        per_clip = (eps[:, :, :4] - noise[:, :, :4]).pow(2).mean(dim=(1, 2, 3, 4, 5))
-    torch.testing.assert_close(huge, uniform, rtol=1e-5, atol=0)
-    want = (per_clip * min_snr_weights(pipe.scheduler, t, 5.0)).mean()
-    torch.testing.assert_close(weighted, want, rtol=1e-5, atol=0)
-    assert not torch.isclose(weighted, uniform, rtol=1e-3)
+        out, target = _output_and_target(*args, noise, t, None)
+        out_v, target_v = _output_and_target(pipe.unet, v_scheduler, *args[2:], noise, t, None)
+        eps_loss = denoising_loss(*args, torch.Generator().manual_seed(1))
+        v_loss = denoising_loss(pipe.unet, v_scheduler, *args[2:], torch.Generator().manual_seed(1))
+    assert torch.equal(target, noise) and torch.equal(out_v, out)  # same UNet call, another target
+    a = pipe.scheduler.alphas_cumprod[t].reshape(3, 1, 1, 1, 1, 1)
+    slots = torch.cat([x0, ref[:, :, None]], dim=2)
+    torch.testing.assert_close(target_v, a.sqrt() * noise - (1 - a).sqrt() * slots)
+    torch.testing.assert_close(eps_loss, (out[:, :, :4] - noise[:, :, :4]).pow(2).mean())
+    torch.testing.assert_close(v_loss, (out[:, :, :4] - target_v[:, :, :4]).pow(2).mean())
+    bad = DDIMScheduler(**config | {"prediction_type": "sample"})
+    with pytest.raises(StageError, match="epsilon and v_prediction"):
+        denoising_loss(pipe.unet, bad, *args[2:], torch.Generator().manual_seed(1))
 
 
 def test_camera_gap_is_zero_exactly_when_the_camera_input_is_cut(setup):
@@ -315,9 +312,40 @@ def test_camera_gap_is_zero_exactly_when_the_camera_input_is_cut(setup):
     x0, ref, tokens, text, cameras = encoded_batch(pipe)
     args = (pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras)
     live = camera_gap(*args, [100, 900], torch.Generator().manual_seed(0))
-    assert set(live) == {100, 900} and all(np.isfinite(v).all() for v in live.values())
-    assert any(abs(rotated - true) > 1e-6 for true, rotated in live.values())  # random weights do see cameras
+    assert set(live) == {100, 900}
+    assert all(set(r) == {"mse_true", "mse_rotated", "x0_own", "x0_other"} for r in live.values())
+    assert all(np.isfinite(list(r.values())).all() for r in live.values())
+    assert any(abs(r["mse_rotated"] - r["mse_true"]) > 1e-6 for r in live.values())  # random weights see cameras
     with torch.no_grad():
         pipe.unet.camera_embed[0].weight.zero_()  # every camera now gives the same embedding
     cut = camera_gap(*args, [100, 900], torch.Generator().manual_seed(0))
-    assert all(true == rotated for true, rotated in cut.values())
+    assert all(r["mse_true"] == r["mse_rotated"] for r in cut.values())
+
+
+class Oracle(torch.nn.Module):
+    """A 'UNet' that knows the clean latents (rows b f s) and returns the exact ε or v of its noisy input."""
+
+    def __init__(self, slots: torch.Tensor, scheduler) -> None:
+        super().__init__()
+        self.slots, self.scheduler = slots.reshape(-1, *slots.shape[3:]), scheduler
+
+    def forward(self, sample, timestep, *args):
+        a = self.scheduler.alphas_cumprod[timestep].reshape(-1, 1, 1, 1)
+        eps = (sample - a.sqrt() * self.slots) / (1 - a).sqrt()
+        if self.scheduler.config.prediction_type == "v_prediction":
+            return a.sqrt() * eps - (1 - a).sqrt() * self.slots
+        return eps
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_camera_gap_x0_columns_on_an_oracle(setup, prediction):
+    pipe = load_fourdm(setup["weights"])
+    config = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
+    scheduler = DDIMScheduler(**config | {"prediction_type": prediction})
+    x0, ref, tokens, text, cameras = encoded_batch(pipe)
+    oracle = Oracle(torch.cat([x0, ref[:, :, None]], dim=2), scheduler)
+    rows = camera_gap(oracle, scheduler, x0, ref, tokens, text, cameras, [10, 500, 990], torch.Generator())
+    apart = float(((x0 - x0.roll(-1, dims=2)) ** 2).mean())
+    for r in rows.values():
+        assert r["mse_true"] < 1e-8 and r["mse_rotated"] < 1e-8  # exact, and blind to the cameras
+        assert r["x0_own"] < 1e-6 and r["x0_other"] == pytest.approx(apart, rel=1e-4)

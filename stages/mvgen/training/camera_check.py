@@ -7,7 +7,10 @@ Windows are drawn as the demo model trains on them (`demo_data.sample_windows`: 
 orthogonal views of a random base, cameras relative to the conditioning view) from the training rings under
 `--data` (one clip with `--clip`). Each timestep's noise is shared by the two evaluations (`train_fourdm.camera_gap`),
 so the difference is the camera input's effect alone. A trained model should do clearly worse with the rotated
-cameras at high t; equal columns mean the camera pathway is unused and the views' layout is left to chance.
+cameras at high t; equal columns mean the camera pathway is unused and the views' layout is left to chance. The
+x0 columns: the error of the predicted clean views against their own truth and against the next view's; own far
+below other at the highest t means the views are readable from their noisy latents, so training never needs the
+camera.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def check_cameras(
     timesteps: list[int] | tuple[int, ...] = (50, 200, 400, 600, 800, 950),
     seed: int = 0,
 ) -> list[dict]:
-    """Rows {t, mse_true, mse_rotated, gap, relative_gap} over `windows` windows of `bank` (posterior means)."""
+    """Rows {t, mse_true, mse_rotated, gap, relative_gap, x0_own, x0_other} (`train_fourdm.camera_gap`) over `windows`
+    windows of `bank` (posterior means)."""
     device = pipe.device
     rgb = torch.from_numpy(bank.rgb).to(device)
     caches = build_caches(pipe, bank, rgb)
@@ -51,9 +55,9 @@ def check_cameras(
     text = caches.text[w.captions.to(device)]  # (B, 77, D)
     result = camera_gap(pipe.unet, pipe.scheduler, x0, ref, tokens, text, w.cameras.to(device), list(timesteps), gen)
     rows = []
-    for t, (true, rotated) in result.items():
-        gap = rotated - true
-        rows.append({"t": t, "mse_true": true, "mse_rotated": rotated, "gap": gap, "relative_gap": gap / true})
+    for t, r in result.items():
+        gap = r["mse_rotated"] - r["mse_true"]
+        rows.append({"t": t, **r, "gap": gap, "relative_gap": gap / r["mse_true"]})
     return rows
 
 
@@ -89,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{a.weights} on {', '.join(bank.names)}: ε-MSE of {a.windows} windows, true vs rotated cameras")
-    print(f"{'t':>5} {'true':>9} {'rotated':>9} {'gap':>10} {'relative':>9}")
+    kind = "ε" if pipe.scheduler.config.prediction_type == "epsilon" else "v"
+    print(f"{a.weights} on {', '.join(bank.names)}: {kind}-MSE of {a.windows} windows, true vs rotated cameras")
+    print(f"{'t':>5} {'true':>9} {'rotated':>9} {'gap':>10} {'relative':>9} {'x0 own':>8} {'x0 other':>8}")
     for r in rows:
-        gap, rel = r["gap"], r["relative_gap"]
-        print(f"{r['t']:>5} {r['mse_true']:>9.5f} {r['mse_rotated']:>9.5f} {gap:>10.2e} {rel:>8.2%}")
+        losses = f"{r['mse_true']:>9.5f} {r['mse_rotated']:>9.5f} {r['gap']:>10.2e} {r['relative_gap']:>8.2%}"
+        print(f"{r['t']:>5} {losses} {r['x0_own']:>8.4f} {r['x0_other']:>8.4f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"weights": str(a.weights), "clips": bank.names, "rows": rows}, indent=2) + "\n")

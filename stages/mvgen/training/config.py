@@ -34,9 +34,6 @@ class TrainConfig(StageConfig):
     condition_dropout: float = Field(0.1, ge=0.0, le=1.0)
     """Probability of training a clip with the reference video and cameras zeroed (eq. 7, for classifier-free
     guidance). The paper does not give p; 0.1 is the usual choice. The text prompt is kept."""
-    min_snr_gamma: float = Field(0.0, ge=0.0)
-    """γ of min-SNR loss weighting (each clip's ε-MSE × min(SNR, γ)/SNR; Hang et al. 2023); 0 = the paper's uniform
-    eq. 7. Ours, an option: it shifts the gradient toward high-noise timesteps, where the cameras matter."""
     size_px: int = Field(256, ge=8)
     """Training resolution (paper: 256)."""
     mixed_precision: Literal["no", "bf16"] = "no"

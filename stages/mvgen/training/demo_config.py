@@ -109,6 +109,18 @@ class DemoModelConfig(StageConfig):
     cameras kept: exactly what the sampler's and SDS's unconditional branch feeds with an empty negative
     prompt (the demo configs use one). The paper's recipe (configs/train_fourdm.yaml) zeroes cameras, keeps text."""
 
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    """What the UNet predicts: ε (4DM's, eq. 7) or v = √ᾱ·ε − √(1−ᾱ)·x0. Written into the exported scheduler's
+    config, which the sampler (diffusers DDIM) and the SDS guidance read."""
+    zero_terminal_snr: bool = False
+    """Rescale the LDM schedule's betas so that ᾱ at t = 999 is exactly 0 (Lin et al. 2024, "Common Diffusion
+    Noise Schedules and Sample Steps are Flawed"; needs v_prediction), and sample from t = 999 ("trailing" DDIM
+    spacing). Why (measured on the shipped model, `camera_check` and weights/demo/README.md): with the official
+    schedule ᾱ_999 = 0.0047, a 16² latent still shows which side of the subject a view holds at every training
+    timestep, so the UNet learns to read the view from its noisy latent and never needs its camera input; sampling
+    starts from pure noise, where nothing tells the views apart but the camera. With ᾱ_999 = 0 the training sees
+    views with no trace of their content, which only the camera (and the reference) can place."""
+
     vae_steps: int = Field(3000, ge=0)
     """VAE optimiser steps (phase 1)."""
     vae_batch_size: int = Field(64, ge=1)
@@ -130,10 +142,6 @@ class DemoModelConfig(StageConfig):
     """AdamW weight decay of the UNet."""
     warmup_steps: int = Field(300, ge=0)
     """Linear learning-rate warm-up, also after a resume without optimiser state."""
-    min_snr_gamma: float = Field(0.0, ge=0.0)
-    """γ of min-SNR loss weighting of the UNet (train_fourdm.min_snr_weights); 0 = uniform (eq. 7). Steps 1-2536
-    of the shipped model were uniform; the camera check (`python -m stages.mvgen.training.camera_check`) found its
-    camera input unused, and min-SNR moves the gradient toward the high-noise timesteps that teach it."""
     grad_clip: float = Field(1.0, gt=0.0)
     """Gradient norm clip."""
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)

@@ -41,7 +41,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from diffusers import AutoencoderKL  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
@@ -193,7 +193,18 @@ def build_pipeline(cfg: DemoModelConfig, tokenizer_dir: Path) -> FourDMPipeline:
     processor = CLIPImageProcessor(
         size={"shortest_edge": cfg.size_px}, crop_size={"height": cfg.size_px, "width": cfg.size_px}
     )
-    return FourDMPipeline(unet, vae, official_scheduler(), text, tokenizer, vision, processor)
+    return FourDMPipeline(unet, vae, demo_scheduler(cfg), text, tokenizer, vision, processor)
+
+
+def demo_scheduler(cfg: DemoModelConfig) -> DDIMScheduler:
+    """The official LDM schedule (`official_scheduler`), with the config's prediction type and, when asked, betas
+    rescaled to zero terminal SNR and "trailing" timestep spacing (sampling then starts at t = 999)."""
+    # The constructor, not from_config: from_config ignores keys its source config marks as defaults.
+    config = {k: v for k, v in official_scheduler().config.items() if not k.startswith("_")}
+    config["prediction_type"] = cfg.prediction_type
+    if cfg.zero_terminal_snr:
+        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing", steps_offset=0)
+    return DDIMScheduler(**config)
 
 
 def round_to(module: nn.Module, dtype: torch.dtype) -> None:
@@ -496,7 +507,6 @@ def unet_step_loss(
         w.cameras.to(device),
         dev_gen,
         _autocast(cfg, device),
-        cfg.min_snr_gamma,
     )
 
 
@@ -556,7 +566,8 @@ def export_pipeline(pipe: FourDMPipeline, ema: dict[str, Tensor] | None, directo
         unet.load_state_dict({**unet.state_dict(), **ema})
     parts = {name: copy.deepcopy(getattr(pipe, name)) for name in ("vae", "text_encoder", "image_encoder")}
     out = FourDMPipeline(
-        unet, parts["vae"], official_scheduler(), parts["text_encoder"], pipe.tokenizer, parts["image_encoder"],
+        unet, parts["vae"], copy.deepcopy(pipe.scheduler), parts["text_encoder"], pipe.tokenizer,
+        parts["image_encoder"],
         pipe.feature_extractor,
     )  # fmt: skip
     out.to("cpu", dtype)
@@ -684,11 +695,12 @@ def write_report(output_dir: Path, summary: dict) -> None:
             "## Camera check (`python -m stages.mvgen.training.camera_check`: ε-MSE of 8 training windows with",
             "the true cameras vs each view given the next view's camera; ~0 % means the camera input is unused)",
             "",
-            "| t | true | rotated | relative gap |",
-            "|---|---|---|---|",
+            "| t | true | rotated | relative gap | x̂0 error, own view | x̂0 error, next view |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['t']} | {r['mse_true']:.5f} | {r['mse_rotated']:.5f} | {r['relative_gap']:+.2%} |"
+            f"| {r['t']} | {r['mse_true']:.5f} | {r['mse_rotated']:.5f} | {r['relative_gap']:+.2%} | "
+            f"{r['x0_own']:.4f} | {r['x0_other']:.4f} |"
             for r in summary["camera_check"]
         ]
     (output_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -869,7 +881,6 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
                 "condition_dropout": cfg.condition_dropout,
                 "focus_clip": cfg.focus_clip,
                 "focus_fraction": cfg.focus_fraction,
-                "min_snr_gamma": cfg.min_snr_gamma,
                 "compile_unet": cfg.compile_unet,
             },
             "vae": {"steps": state.vae_step, "scaling_factor": state.scaling_factor, "recon_psnr_db": vae_psnr},

@@ -38,7 +38,7 @@ from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
 from stages.mvgen.training.config import TrainConfig
 from stages.mvgen.training.dataset import TrainSample, find_clip_sources, sample_clip
 
-__all__ = ["run", "training_loss", "denoising_loss", "camera_gap", "min_snr_weights", "dropout_mask", "step_generator"]
+__all__ = ["run", "training_loss", "denoising_loss", "camera_gap", "dropout_mask", "step_generator"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -69,12 +69,10 @@ def training_loss(
     condition_dropout: float,
     autocast_dtype: torch.dtype | None = None,
     denoiser: torch.nn.Module | None = None,
-    min_snr_gamma: float = 0.0,
 ) -> Tensor:
     """Eq. 7 on a micro-batch: MSE between the true and predicted noise of the 4 generated views.
 
-    `denoiser` is the UNet to call (a DistributedDataParallel wrapper of `pipe.unet` when training on several GPUs);
-    `min_snr_gamma` > 0 weights each clip by min-SNR-γ (`denoising_loss`).
+    `denoiser` is the UNet to call (a DistributedDataParallel wrapper of `pipe.unet` when training on several GPUs).
     """
     device = pipe.device
     batch, frames = len(samples), samples[0].views.shape[1]
@@ -92,16 +90,8 @@ def training_loss(
     ref, tokens = ref * keep[:, None, None, None, None], tokens * keep[:, None, None, None]
     cameras = cameras * keep[:, None, None]
     return denoising_loss(
-        denoiser or pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras, generator, autocast_dtype, min_snr_gamma
+        denoiser or pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras, generator, autocast_dtype
     )
-
-
-def min_snr_weights(scheduler: DDIMScheduler, t: Tensor, gamma: float) -> Tensor:
-    """Per-timestep loss weights min(SNR(t), γ) / SNR(t) of ε-prediction (Hang et al. 2023, "Efficient Diffusion
-    Training via Min-SNR Weighting Strategy"), SNR = ᾱ_t / (1 − ᾱ_t): 1 where SNR ≤ γ (high noise), γ/SNR below."""
-    alpha = scheduler.alphas_cumprod.to(t.device, torch.float64)[t]
-    snr = alpha / (1.0 - alpha)
-    return (snr.clamp(max=gamma) / snr).float()
 
 
 def denoising_loss(
@@ -114,15 +104,13 @@ def denoising_loss(
     cameras: Tensor,
     generator: torch.Generator,
     autocast_dtype: torch.dtype | None = None,
-    min_snr_gamma: float = 0.0,
 ) -> Tensor:
     """Eq. 7 on encoded clips (condition dropout already applied by the caller).
 
     Noise and one timestep per clip are drawn from `generator` (on its device), the reference slot holds the
-    clean reference latent, and the loss is the ε-prediction MSE over the 4 generated views: uniform over clips and
-    timesteps (the paper's), or with `min_snr_gamma` > 0 each clip's MSE weighted by `min_snr_weights` (ours, an
-    option: it lowers the weight of the low-noise timesteps, whose large ε errors otherwise dominate the gradient;
-    the camera conditioning is learnt at high noise, where a view's content is not yet in the latent).
+    clean reference latent, and the loss is the MSE over the 4 generated views between the UNet's output and its
+    target: the noise ε (the paper's ε-prediction), or v = √ᾱ·ε − √(1−ᾱ)·x0 for a scheduler configured with
+    `prediction_type="v_prediction"` (an option of the demo model, used with a zero-terminal-SNR schedule).
 
     Args:
         denoiser: the 4DM UNet (or a DistributedDataParallel wrapper of it).
@@ -134,7 +122,6 @@ def denoising_loss(
         cameras: (B, 5, 16) camera vectors of the 4 views and the reference slot.
         generator: noise and timesteps; on the latents' device or the CPU.
         autocast_dtype: autocast the UNet forward to this dtype (None: no autocast).
-        min_snr_gamma: γ of the min-SNR weighting; 0 = uniform (eq. 7).
 
     Returns:
         scalar loss (float32).
@@ -146,14 +133,11 @@ def denoising_loss(
     t = torch.randint(
         0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=generator.device
     ).to(device)
-    eps = _predict_noise(denoiser, scheduler, x0, ref, tokens, text, cameras, noise, t, autocast_dtype)
-    if min_snr_gamma > 0:
-        per_clip = (eps[:, :, :VIEWS] - noise[:, :, :VIEWS]).pow(2).flatten(1).mean(1)  # (B,)
-        return (per_clip * min_snr_weights(scheduler, t, min_snr_gamma)).mean()
-    return F.mse_loss(eps[:, :, :VIEWS], noise[:, :, :VIEWS])
+    out, target = _output_and_target(denoiser, scheduler, x0, ref, tokens, text, cameras, noise, t, autocast_dtype)
+    return F.mse_loss(out[:, :, :VIEWS], target[:, :, :VIEWS])
 
 
-def _predict_noise(
+def _output_and_target(
     denoiser: torch.nn.Module,
     scheduler: DDIMScheduler,
     x0: Tensor,
@@ -164,8 +148,12 @@ def _predict_noise(
     noise: Tensor,
     t: Tensor,
     autocast_dtype: torch.dtype | None,
-) -> Tensor:
-    """The UNet's ε (B, F, 5, C, h, w) for clips noised with `noise` (B, F, 5, C, h, w) at timesteps t (B,)."""
+) -> tuple[Tensor, Tensor]:
+    """The UNet's output for clips noised with `noise` (B, F, 5, C, h, w) at timesteps t (B,), and its training
+    target (the scheduler's prediction type: ε or v), both (B, F, 5, C, h, w)."""
+    prediction = scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise StageError(f"scheduler prediction_type {prediction!r}: 4DM training supports epsilon and v_prediction")
     device = x0.device
     batch, frames = x0.shape[:2]
     latent = x0.shape[3:]
@@ -186,7 +174,11 @@ def _predict_noise(
             frames,
             SLOTS,
         )
-    return eps.float().reshape(batch, frames, SLOTS, *latent)
+    eps = eps.float().reshape(batch, frames, SLOTS, *latent)
+    if prediction == "epsilon":
+        return eps, noise
+    velocity = scheduler.get_velocity(x0_slots.reshape(-1, *latent), noise.reshape(-1, *latent), t_rows)
+    return eps, velocity.float().reshape(batch, frames, SLOTS, *latent)
 
 
 @torch.no_grad()
@@ -201,26 +193,45 @@ def camera_gap(
     timesteps: list[int],
     generator: torch.Generator,
     autocast_dtype: torch.dtype | None = None,
-) -> dict[int, tuple[float, float]]:
-    """Does the UNet use its camera input? Per timestep t: the ε-MSE of the 4 views with the true cameras and with
-    each view given the next view's camera (view k gets k+1's, the last gets the first's), same noise.
+) -> dict[int, dict[str, float]]:
+    """Does the UNet use its camera input? Per timestep t, same noise for every evaluation:
 
-    A UNet that has learnt the camera conditioning does worse with the rotated cameras, mostly at high t (the latent
-    holds little of a view's content there); equal losses mean it ignores which camera a slot has. Arguments as in
-    `denoising_loss` (conditioning as trained, no dropout); returns {t: (mse with the true cameras, rotated)}.
+    - `mse_true`, `mse_rotated`: the loss (ε- or v-MSE, as trained) of the 4 views with the true cameras and with
+      each view given the next view's camera (view k gets k+1's, the last gets the first's). A UNet that has learnt
+      the camera conditioning does worse with the rotated cameras, mostly at high t; equal losses mean it ignores
+      which camera a slot has.
+    - `x0_own`, `x0_other`: mean squared error of the x̂0 it predicts (true cameras) against each view's own clean
+      latent and against the next view's. `x0_own` well below `x0_other` at high t means the views can be told apart
+      from their noisy latents alone, so training never needs the camera (the schedule's ᾱ at that t is too high).
+
+    Arguments as in `denoising_loss` (conditioning as trained, no dropout).
     """
     batch, frames = x0.shape[:2]
     rotated = torch.cat([cameras[:, 1:VIEWS], cameras[:, :1], cameras[:, VIEWS:]], dim=1)
+    alphas = scheduler.alphas_cumprod.to(x0.device, torch.float32)
+    slots = torch.cat([x0, ref[:, :, None]], dim=2)
     out = {}
     for t in timesteps:
         noise = torch.randn((batch, frames, SLOTS, *x0.shape[3:]), generator=generator, device=generator.device)
         noise = noise.to(x0.device)
         tt = torch.full((batch,), int(t), dtype=torch.long, device=x0.device)
-        mse = []
-        for cams in (cameras, rotated):
-            eps = _predict_noise(denoiser, scheduler, x0, ref, tokens, text, cams, noise, tt, autocast_dtype)
-            mse.append(float(F.mse_loss(eps[:, :, :VIEWS], noise[:, :, :VIEWS])))
-        out[int(t)] = (mse[0], mse[1])
+        row: dict[str, float] = {}
+        for name, cams in (("true", cameras), ("rotated", rotated)):
+            pred, target = _output_and_target(
+                denoiser, scheduler, x0, ref, tokens, text, cams, noise, tt, autocast_dtype
+            )
+            row[f"mse_{name}"] = float(F.mse_loss(pred[:, :, :VIEWS], target[:, :, :VIEWS]))
+            if name == "true":
+                a = alphas[int(t)]
+                noisy = a.sqrt() * slots + (1 - a).sqrt() * noise
+                if scheduler.config.prediction_type == "v_prediction":
+                    x0_hat = a.sqrt() * noisy - (1 - a).sqrt() * pred
+                else:
+                    x0_hat = (noisy - (1 - a).sqrt() * pred) / a.sqrt().clamp(min=1e-8)
+                x0_hat = x0_hat[:, :, :VIEWS]
+                row["x0_own"] = float(F.mse_loss(x0_hat, x0))
+                row["x0_other"] = float(F.mse_loss(x0_hat, x0.roll(-1, dims=2)))
+        out[int(t)] = row
     return out
 
 
@@ -345,12 +356,7 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
                 # Gradients are all-reduced once per optimiser step, on the last micro-batch.
                 sync = model.no_sync() if world > 1 and micro < accumulation - 1 else nullcontext()
                 with sync:
-                    loss = (
-                        training_loss(
-                            pipe, samples, gen, config.condition_dropout, autocast, model, config.min_snr_gamma
-                        )
-                        / accumulation
-                    )
+                    loss = training_loss(pipe, samples, gen, config.condition_dropout, autocast, model) / accumulation
                     loss.backward()
                 total += float(loss.detach())
             optimizer.step()
