@@ -148,6 +148,23 @@ def test_focus_windows_are_the_demo_setup_at_the_requested_rate(data):
     assert focused >= 0.74 * 1000 * 0.98  # all focus windows (a random one matches by chance only rarely)
 
 
+def test_front_view_only_windows_keep_the_draws_and_condition_on_the_front(data):
+    bank = load_clip_bank(data, PX, 4)
+    plain = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True)
+    front = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True, front_view_only=True)
+    assert torch.equal(front.clips, plain.clips) and torch.equal(front.captions, plain.captions)
+    want = fourdm_camera_vectors([0.0, 90.0, 180.0, 270.0], 0.0)
+    for i in range(200):
+        # Same frames as the default draw, now from the front view (4) and the views 0/90/180/270° from it.
+        assert [decode(bank, int(j))[1] for j in front.condition[i]] == [
+            decode(bank, int(j))[1] for j in plain.condition[i]
+        ]
+        assert {decode(bank, int(j))[0] for j in front.condition[i]} == {4}
+        assert [decode(bank, int(j))[0] for j in front.views[i, 0]] == [4, 6, 0, 2]
+        np.testing.assert_allclose(front.cameras[i].numpy(), want, atol=1e-6)
+    assert any({decode(bank, int(j))[0] for j in plain.condition[i]} != {4} for i in range(200))
+
+
 def test_too_short_clips_are_a_clear_error(data):
     with pytest.raises(StageError, match="needs 12"):
         load_clip_bank(data, PX, 12)
@@ -331,6 +348,8 @@ def test_camera_check_command_line(data, trained, tmp_path, capsys):
 
 
 def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler(data, tmp_path):
+    with pytest.raises(ValueError, match="zero_terminal_snr needs prediction_type v_prediction"):
+        DemoModelConfig.model_validate({**tiny_config().model_dump(), "zero_terminal_snr": True})
     out = tmp_path / "run"
     run(tiny_config(prediction_type="v_prediction", zero_terminal_snr=True), data_dir=data, output_dir=out)
     pipe = load_fourdm(out / EXPORT)  # the scheduler's config travels with the weights

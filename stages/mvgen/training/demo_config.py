@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stages.common.config import StageConfig, SubConfig
 
@@ -104,6 +104,12 @@ class DemoModelConfig(StageConfig):
     subject, stated in the model card."""
     focus_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """Share of the windows drawn from `focus_clip`."""
+    front_view_only: bool = False
+    """Condition every window on its ring's front view (the render stage's input camera) and ask for the views at
+    0/90/180/270° from it: how the demo uses the model. The paper's recipe (False) draws the conditioning view and
+    the view quadruple at random, so a camera (relative to the conditioning view) places a view only together with
+    what the reference shows; `scripts/camera_learning.py` measured a tiny model that learns its cameras within 600
+    CPU steps this way and not in 1200 steps the random way (weights/demo/README.md). Ours, a demo-model option."""
     condition_dropout: float = Field(0.1, ge=0.0, le=1.0)
     """Probability of an unconditional window: reference latents and CLIP tokens zeroed and the caption emptied,
     cameras kept: exactly what the sampler's and SDS's unconditional branch feeds with an empty negative
@@ -173,3 +179,11 @@ class DemoModelConfig(StageConfig):
     """Where to train."""
     seed: int = 0
     """Seed of window sampling, noise, dropout and the UNet/VAE initialisation."""
+
+    @model_validator(mode="after")
+    def _zero_snr_needs_v(self) -> DemoModelConfig:
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            # At ᾱ = 0 the noisy latent is ε itself: an ε target says nothing about x0 (and x0 = (x_t − √(1−ᾱ)ε)/√ᾱ
+            # divides by zero).
+            raise ValueError("zero_terminal_snr needs prediction_type v_prediction")
+        return self

@@ -138,11 +138,14 @@ def sample_windows(
     time_reversal: bool = True,
     focus_clip: int | None = None,
     focus_fraction: float = 0.0,
+    front_view_only: bool = False,
 ) -> Windows:
     """Draw `batch` windows (all randomness from the CPU `generator`).
 
     With `focus_clip`, a window is drawn with probability `focus_fraction` from that clip as the demo sees it:
-    conditioned on the front view (`front_view`) and asking for the views at 0/90/180/270 from it.
+    conditioned on the front view (`front_view`) and asking for the views at 0/90/180/270 from it. With
+    `front_view_only`, every window is drawn that way, from whichever clip (the same random draws are made, so the
+    clips, frames and time reversal are those of the default).
     """
     by_subject = [[c for c, s in enumerate(bank.subjects) if s == k] for k in range(len(bank.subject_captions))]
     views = np.zeros((batch, num_frames, 4), np.int64)
@@ -165,7 +168,7 @@ def sample_windows(
             frames = frames[::-1]
         mono = int(torch.randint(nv, (1,), generator=generator))
         base = int(torch.randint(nv, (1,), generator=generator))
-        if focus:
+        if focus or front_view_only:
             mono = base = front_view(nv)
         ring = [(base + k * (nv // 4)) % nv for k in range(4)]
         views[i] = [[bank.index(c, v, f) for v in ring] for f in frames]

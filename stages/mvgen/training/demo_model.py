@@ -482,7 +482,15 @@ def unet_step_loss(
     gen = step_generator(cfg.seed, step)
     focus = bank.names.index(cfg.focus_clip) if cfg.focus_clip else None
     w = sample_windows(
-        bank, cfg.batch_size, cfg.num_frames, cfg.max_frame_stride, gen, cfg.time_reversal, focus, cfg.focus_fraction
+        bank,
+        cfg.batch_size,
+        cfg.num_frames,
+        cfg.max_frame_stride,
+        gen,
+        cfg.time_reversal,
+        focus,
+        cfg.focus_fraction,
+        cfg.front_view_only,
     )
     keep = (~dropout_mask(cfg.batch_size, cfg.condition_dropout, gen)).to(device)
     dev_gen = _device_generator(device, cfg.seed, step)
@@ -881,6 +889,9 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
                 "condition_dropout": cfg.condition_dropout,
                 "focus_clip": cfg.focus_clip,
                 "focus_fraction": cfg.focus_fraction,
+                "front_view_only": cfg.front_view_only,
+                "prediction_type": cfg.prediction_type,
+                "zero_terminal_snr": cfg.zero_terminal_snr,
                 "compile_unet": cfg.compile_unet,
             },
             "vae": {"steps": state.vae_step, "scaling_factor": state.scaling_factor, "recon_psnr_db": vae_psnr},
