@@ -5,7 +5,7 @@
 Synthetic training data: one 8-view ring whose square moves right and turns from blue to red with the view (and
 brightens in green with the frame), so the views differ a lot and a model that ignores its cameras pays at high noise.
 The demo model's trainer (`stages.mvgen.training.demo_model.run`, configs/tiny/demo_model.yaml sizes, 300 VAE steps,
-batch 8, lr 1e-3) trains on it, then `train_fourdm.camera_gap` evaluates windows drawn as in training: loss with the
+batch 8, lr 1e-3) trains on it, then `camera_check.check_cameras` evaluates windows drawn as in training: loss with the
 true cameras vs the views' cameras rotated by one slot, and the x̂0 error against each view's own latent vs the
 next view's. `--front-view` trains (and evaluates) as the demo uses the model: the conditioning view is always the
 ring's front view and the 4 views sit at 0/90/180/270° from it (`front_view_only`); without it, conditioning and
@@ -32,10 +32,10 @@ from stages.common.cameras import OrbitCamera, save_cameras  # noqa: E402
 from stages.common.config import load_config  # noqa: E402
 from stages.common.image_io import write_rgba  # noqa: E402
 from stages.mvgen.pipeline_fourdm import load_fourdm  # noqa: E402
+from stages.mvgen.training.camera_check import check_cameras  # noqa: E402
 from stages.mvgen.training.demo_config import DemoModelConfig  # noqa: E402
-from stages.mvgen.training.demo_data import load_clip_bank, sample_windows  # noqa: E402
-from stages.mvgen.training.demo_model import EXPORT, build_caches, run  # noqa: E402
-from stages.mvgen.training.train_fourdm import camera_gap  # noqa: E402
+from stages.mvgen.training.demo_data import load_clip_bank  # noqa: E402
+from stages.mvgen.training.demo_model import EXPORT, run  # noqa: E402
 
 PX, VIEWS, FRAMES = 16, 8, 16
 
@@ -111,27 +111,21 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, data_dir=work / "data", output_dir=work / "run")
         pipe = load_fourdm(work / "run" / EXPORT)
         bank = load_clip_bank(art, PX, cfg.num_frames)
-        caches = build_caches(pipe, bank, torch.from_numpy(bank.rgb))
-        gen = torch.Generator().manual_seed(1)
-        w = sample_windows(
-            bank, a.windows, cfg.num_frames, cfg.max_frame_stride, gen, False, front_view_only=a.front_view
-        )
-        rows = camera_gap(
-            pipe.unet,
-            pipe.scheduler,
-            caches.mean[w.views],
-            caches.mean[w.condition],
-            caches.tokens[w.condition],
-            caches.text[w.captions],
-            w.cameras,
-            [200, 500, 800, 950, 999],
-            gen,
+        rows = check_cameras(
+            pipe,
+            bank,
+            windows=a.windows,
+            num_frames=cfg.num_frames,
+            max_stride=cfg.max_frame_stride,
+            timesteps=(200, 500, 800, 950, 999),
+            seed=1,
+            front_view_only=a.front_view,
         )
     setup = f"{a.prediction}, zero terminal SNR {a.zero_terminal_snr}, front view {a.front_view}, {a.steps} steps"
     print(setup)
     print(f"{'t':>5} {'true':>9} {'rotated':>9} {'x0 own':>8} {'x0 other':>8}")
-    for t, r in rows.items():
-        print(f"{t:>5} {r['mse_true']:>9.4f} {r['mse_rotated']:>9.4f} {r['x0_own']:>8.4f} {r['x0_other']:>8.4f}")
+    for r in rows:
+        print(f"{r['t']:>5} {r['mse_true']:>9.4f} {r['mse_rotated']:>9.4f} {r['x0_own']:>8.4f} {r['x0_other']:>8.4f}")
     if a.json:
         a.json.write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
     return 0

@@ -8,9 +8,8 @@
 #
 # Run in the repository root on the device machine (Python 3.12 + torch, no network, no Docker; the working copy is
 # no git repository): unpacks .carry/site312.tar.xz into $SITE (scripts/pack_site312.sh: prefect, dvc, diffusers,
-# PyAV, … installed here; carry it and the frame folder), else installs the carried wheels (.carry/pipeline-whl/*.whl,
-# .whl/*.whl; no PyAV: the stages' preview.mp4 then fails), copies the tree to $WORK (/tmp/fourd-repo), links weights/fourdm → weights/demo/fourdm
-# (the official weights are absent), creates weights/eval/lpips as an empty folder (root dvc.yaml lists it as a
+# PyAV, … installed here; carry it and the frame folder), copies the tree to $WORK (/tmp/fourd-repo), links
+# weights/fourdm → weights/demo/fourdm (the official weights are absent), creates weights/eval/lpips as an empty folder (root dvc.yaml lists it as a
 # distill dependency; the config sets' anchor_lpips is 0, so distill never reads it: stages/distill/run.py loads
 # LPIPS only when that weight is > 0), commits the copy to a new git repository and registers the frame folder as
 # subject $SUBJECT2. Then, for each phase, the workspace out/workspaces/<set>/ is deleted (so every stage runs
@@ -56,25 +55,13 @@ STAGES=(preprocess mvgen distill)
 mkdir -p "$OUT"
 for tool in git tar "$PY"; do command -v "$tool" >/dev/null || { echo "error: $tool not found" >&2; exit 2; }; done
 
-# 1. Environment: the carried wheels (one version of each name: .carry/pipeline-whl wins), `python` on PATH for
-#    dvc.yaml's `python -m stages.<stage>`, no tracking, Prefect's state in /tmp.
-if [ "$INSTALL" = 1 ] && [ -f .carry/site312.tar.xz ]; then
-    # The same wheels (plus PyAV, which the image lacks: preprocess/mvgen/distill write preview.mp4 with it) installed
-    # here beforehand and packed with xz, since the wheels themselves exceed the carry limit: see scripts/pack_site312.sh.
+# 1. Environment: the GPU image's missing packages, `python` on PATH for dvc.yaml's `python -m stages.<stage>`, no
+#    tracking, Prefect's state in /tmp. The packages (prefect, dvc and their dependencies from .carry/pipeline-whl,
+#    diffusers, pydantic, tyro, … from .whl, and PyAV, which every stage's preview.mp4 needs) travel installed and
+#    xz-packed, since the wheels themselves exceed the carry limit: scripts/pack_site312.sh makes the tarball.
+if [ "$INSTALL" = 1 ]; then
+    [ -f .carry/site312.tar.xz ] || { echo "error: .carry/site312.tar.xz missing: run scripts/pack_site312.sh" >&2; exit 2; }
     rm -rf "$SITE" && mkdir -p "$SITE" && tar -C "$SITE" -xJf .carry/site312.tar.xz
-elif [ "$INSTALL" = 1 ]; then
-    mapfile -t wheels < <("$PY" - .carry/pipeline-whl .whl <<'EOF'
-import sys
-from pathlib import Path
-seen = {}
-for folder in sys.argv[1:]:
-    for w in sorted(Path(folder).glob("*.whl")):
-        seen.setdefault(w.name.split("-")[0].lower().replace("_", "-"), w)
-print("\n".join(str(w) for w in seen.values()))
-EOF
-)
-    [ ${#wheels[@]} -gt 0 ] || { echo "error: no wheels in .carry/pipeline-whl or .whl" >&2; exit 2; }
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}"
 fi
 if [ -d "$SITE" ]; then export PYTHONPATH="$SITE:$WORK"; else export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}"; fi
 mkdir -p /tmp/fourd-bin
@@ -127,7 +114,7 @@ from pydantic import TypeAdapter, ValidationError
 from importlib.metadata import PackageNotFoundError, distribution
 from packaging.requirements import Requirement
 # Every requirement of prefect/dvc/diffusers (with their extras) installed in a version they accept: a package the
-# image has in another version is named here, before any GPU work (carry its wheel in .carry/pipeline-whl).
+# image has in another version is named here, before any GPU work (add its wheel to .carry/pipeline-whl and repack).
 todo, seen, missing, mismatched = [Requirement(r) for r in ("prefect", "dvc", "diffusers")], set(), [], []
 while todo:
     req = todo.pop()

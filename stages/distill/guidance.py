@@ -34,7 +34,7 @@ from torch import Tensor
 
 from stages.common.cameras import fourdm_camera_vectors
 from stages.distill.host import to_device
-from stages.mvgen import FourDMPipeline
+from stages.mvgen import FourDMPipeline, predicted_x0
 
 __all__ = ["FourDMGuidance", "SDSOutput", "GuidanceConditioning", "OFFICIAL_SDS_NEGATIVE_PROMPT"]
 
@@ -204,15 +204,9 @@ class FourDMGuidance:
             eps_cond, eps_uncond = eps[0], eps[1]
             eps_cfg = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
             # 5. x0 estimates and the std rescale (statistics over all F·V latents jointly, spec §2.8 quirk 2).
-            if self.prediction_type == "v_prediction":  # eps_* hold v: x̂0 = √ᾱ z_t − √(1−ᾱ) v̂
-                x0 = alpha.sqrt() * z_t - (1 - alpha).sqrt() * eps_cfg
-            else:
-                x0 = (z_t - (1 - alpha).sqrt() * eps_cfg) / alpha.sqrt()
+            x0 = predicted_x0(self.prediction_type, z_t, eps_cfg, alpha)  # eps_* hold v for a v model
             if self.std_rescale > 0:
-                if self.prediction_type == "v_prediction":
-                    x0_cond = alpha.sqrt() * z_t - (1 - alpha).sqrt() * eps_cond
-                else:
-                    x0_cond = (z_t - (1 - alpha).sqrt() * eps_cond) / alpha.sqrt()
+                x0_cond = predicted_x0(self.prediction_type, z_t, eps_cond, alpha)
                 factor = (x0_cond.std() + 1e-8) / (x0.std() + 1e-8)
                 x0 = self.std_rescale * x0 * factor + (1 - self.std_rescale) * x0
         # 6. x0-reconstruction loss; its gradient w.r.t. z is (z − x̂0)/N.

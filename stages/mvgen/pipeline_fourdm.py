@@ -32,6 +32,7 @@ __all__ = [
     "FourDMPipeline",
     "FourDMPipelineOutput",
     "load_fourdm",
+    "predicted_x0",
     "frame_windows",
     "OFFICIAL_NEGATIVE_PROMPT",
     "COMPONENTS",
@@ -55,6 +56,17 @@ COMPONENTS = {
     "feature_extractor": CLIPImageProcessor,
 }
 """Sub-folder → class of a FourDM weights folder (`save_pretrained` layout)."""
+
+
+def predicted_x0(prediction_type: str, sample: Tensor, output: Tensor, alpha_bar: Tensor | float) -> Tensor:
+    """The clean estimate x̂0 from a UNet output at noise level ᾱ_t, as diffusers' DDIM step computes it: for ε,
+    (x_t − √(1−ᾱ)·ε̂)/√ᾱ; for v, √ᾱ·x_t − √(1−ᾱ)·v̂ (defined at ᾱ = 0 too)."""
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=sample.dtype, device=sample.device)
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * output
+    if prediction_type == "epsilon":
+        return (sample - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+    raise StageError(f"prediction_type {prediction_type!r}: 4DM supports epsilon and v_prediction")
 
 
 def official_scheduler() -> DDIMScheduler:

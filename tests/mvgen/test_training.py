@@ -292,8 +292,8 @@ def test_v_prediction_trains_on_the_velocity(setup):
     noise = torch.randn((3, x0.shape[1], 5, *x0.shape[3:]), generator=g)
     t = torch.randint(0, 1000, (3,), generator=g)
     with torch.no_grad():
-        out, target = _output_and_target(*args, noise, t, None)
-        out_v, target_v = _output_and_target(pipe.unet, v_scheduler, *args[2:], noise, t, None)
+        out, target, _ = _output_and_target(*args, noise, t, None)
+        out_v, target_v, _ = _output_and_target(pipe.unet, v_scheduler, *args[2:], noise, t, None)
         eps_loss = denoising_loss(*args, torch.Generator().manual_seed(1))
         v_loss = denoising_loss(pipe.unet, v_scheduler, *args[2:], torch.Generator().manual_seed(1))
     assert torch.equal(target, noise) and torch.equal(out_v, out)  # same UNet call, another target

@@ -41,17 +41,23 @@ def check_cameras(
     max_stride: int = 3,
     timesteps: list[int] | tuple[int, ...] = (50, 200, 400, 600, 800, 950),
     seed: int = 0,
+    front_view_only: bool = False,
 ) -> list[dict]:
     """Rows {t, mse_true, mse_rotated, gap, relative_gap, x0_own, x0_other} (`train_fourdm.camera_gap`) over `windows`
-    windows of `bank` (posterior means)."""
+    windows of `bank` (posterior means; only the images the windows use are encoded). `front_view_only`: windows as
+    the demo uses the model (`demo_data.sample_windows`)."""
     device = pipe.device
-    rgb = torch.from_numpy(bank.rgb).to(device)
-    caches = build_caches(pipe, bank, rgb)
     gen = torch.Generator().manual_seed(seed)
-    w = sample_windows(bank, windows, num_frames, max_stride, gen, time_reversal=False)
-    x0 = caches.mean[w.views.to(device)]  # (B, F, 4, C, h, w)
-    ref = caches.mean[w.condition.to(device)]  # (B, F, C, h, w)
-    tokens = caches.tokens[w.condition.to(device)]  # (B, F, T, E)
+    w = sample_windows(
+        bank, windows, num_frames, max_stride, gen, time_reversal=False, front_view_only=front_view_only
+    )
+    used, slot = torch.unique(torch.cat([w.views.reshape(-1), w.condition.reshape(-1)]), return_inverse=True)
+    caches = build_caches(pipe, bank, torch.from_numpy(bank.rgb), index=used)
+    slot = slot.to(device)
+    x0 = caches.mean[slot[: w.views.numel()]].reshape(*w.views.shape, *caches.mean.shape[1:])  # (B, F, 4, C, h, w)
+    cond = slot[w.views.numel() :].reshape(w.condition.shape)
+    ref = caches.mean[cond]  # (B, F, C, h, w)
+    tokens = caches.tokens[cond]  # (B, F, T, E)
     text = caches.text[w.captions.to(device)]  # (B, 77, D)
     result = camera_gap(pipe.unet, pipe.scheduler, x0, ref, tokens, text, w.cameras.to(device), list(timesteps), gen)
     rows = []

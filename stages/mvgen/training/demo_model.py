@@ -458,11 +458,17 @@ class Caches:
 
 
 @torch.no_grad()
-def build_caches(pipe: FourDMPipeline, bank: ClipBank, rgb: Tensor, batch: int = 512) -> Caches:
+def build_caches(
+    pipe: FourDMPipeline, bank: ClipBank, rgb: Tensor, batch: int = 512, index: Tensor | None = None
+) -> Caches:
+    """Caches of every image of the bank, or of the images `index` (1-D, rows in that order) only."""
+    images = bank.rgb
+    if index is not None:
+        rgb, images = rgb[index.to(rgb.device)].to(pipe.device), bank.rgb[index.cpu().numpy()]
     mean, std = latent_statistics(pipe, rgb)
     scale = pipe.vae.config.scaling_factor
     tokens = torch.cat(
-        [pipe.encode_images(bank.rgb[s : s + batch]).float() for s in range(0, len(bank.rgb), batch)]
+        [pipe.encode_images(images[s : s + batch]).float() for s in range(0, len(images), batch)]
     )  # (M, T, E)
     text = pipe.encode_text([*bank.subject_captions, ""]).float()  # (S + 1, 77, D)
     return Caches(mean=mean * scale, std=std * scale, tokens=tokens, text=text)

@@ -34,7 +34,7 @@ from stages.common.errors import StageError
 from stages.common.image_io import write_rgba
 from stages.common.logs import progress
 from stages.common.tracking import Tracker, stage_run
-from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
+from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm, predicted_x0
 from stages.mvgen.training.config import TrainConfig
 from stages.mvgen.training.dataset import TrainSample, find_clip_sources, sample_clip
 
@@ -133,7 +133,7 @@ def denoising_loss(
     t = torch.randint(
         0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=generator.device
     ).to(device)
-    out, target = _output_and_target(denoiser, scheduler, x0, ref, tokens, text, cameras, noise, t, autocast_dtype)
+    out, target, _ = _output_and_target(denoiser, scheduler, x0, ref, tokens, text, cameras, noise, t, autocast_dtype)
     return F.mse_loss(out[:, :, :VIEWS], target[:, :, :VIEWS])
 
 
@@ -148,9 +148,9 @@ def _output_and_target(
     noise: Tensor,
     t: Tensor,
     autocast_dtype: torch.dtype | None,
-) -> tuple[Tensor, Tensor]:
-    """The UNet's output for clips noised with `noise` (B, F, 5, C, h, w) at timesteps t (B,), and its training
-    target (the scheduler's prediction type: ε or v), both (B, F, 5, C, h, w)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The UNet's output for clips noised with `noise` (B, F, 5, C, h, w) at timesteps t (B,), its training target
+    (the scheduler's prediction type: ε or v) and the noisy latents it was given, all (B, F, 5, C, h, w)."""
     prediction = scheduler.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
         raise StageError(f"scheduler prediction_type {prediction!r}: 4DM training supports epsilon and v_prediction")
@@ -175,10 +175,11 @@ def _output_and_target(
             SLOTS,
         )
     eps = eps.float().reshape(batch, frames, SLOTS, *latent)
+    noisy = noisy.reshape(batch, frames, SLOTS, *latent)
     if prediction == "epsilon":
-        return eps, noise
+        return eps, noise, noisy
     velocity = scheduler.get_velocity(x0_slots.reshape(-1, *latent), noise.reshape(-1, *latent), t_rows)
-    return eps, velocity.float().reshape(batch, frames, SLOTS, *latent)
+    return eps, velocity.float().reshape(batch, frames, SLOTS, *latent), noisy
 
 
 @torch.no_grad()
@@ -208,8 +209,6 @@ def camera_gap(
     """
     batch, frames = x0.shape[:2]
     rotated = torch.cat([cameras[:, 1:VIEWS], cameras[:, :1], cameras[:, VIEWS:]], dim=1)
-    alphas = scheduler.alphas_cumprod.to(x0.device, torch.float32)
-    slots = torch.cat([x0, ref[:, :, None]], dim=2)
     out = {}
     for t in timesteps:
         noise = torch.randn((batch, frames, SLOTS, *x0.shape[3:]), generator=generator, device=generator.device)
@@ -217,18 +216,13 @@ def camera_gap(
         tt = torch.full((batch,), int(t), dtype=torch.long, device=x0.device)
         row: dict[str, float] = {}
         for name, cams in (("true", cameras), ("rotated", rotated)):
-            pred, target = _output_and_target(
+            pred, target, noisy = _output_and_target(
                 denoiser, scheduler, x0, ref, tokens, text, cams, noise, tt, autocast_dtype
             )
             row[f"mse_{name}"] = float(F.mse_loss(pred[:, :, :VIEWS], target[:, :, :VIEWS]))
             if name == "true":
-                a = alphas[int(t)]
-                noisy = a.sqrt() * slots + (1 - a).sqrt() * noise
-                if scheduler.config.prediction_type == "v_prediction":
-                    x0_hat = a.sqrt() * noisy - (1 - a).sqrt() * pred
-                else:
-                    x0_hat = (noisy - (1 - a).sqrt() * pred) / a.sqrt().clamp(min=1e-8)
-                x0_hat = x0_hat[:, :, :VIEWS]
+                alpha = scheduler.alphas_cumprod[int(t)]
+                x0_hat = predicted_x0(scheduler.config.prediction_type, noisy, pred, alpha)[:, :, :VIEWS]
                 row["x0_own"] = float(F.mse_loss(x0_hat, x0))
                 row["x0_other"] = float(F.mse_loss(x0_hat, x0.roll(-1, dims=2)))
         out[int(t)] = row
