@@ -47,7 +47,19 @@ assert files, f"no weights in {local}"
 for rel in files:
     a, b = load_file(str(local / rel)), load_file(str(gpu / rel))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"{rel} differs from the GPU export"
-print(f"install_demo_model: {len(files)} weight files equal to the GPU export")
+import json
+
+def settings(path: Path) -> dict:  # a component's config without the library's bookkeeping (_diffusers_version...)
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+# The diffusers components' configs (the transformers ones carry that library's version-dependent defaults): e.g.
+# the scheduler's prediction type differs when the export's config lacks the GPU run's --set overrides.
+configs = [Path("scheduler/scheduler_config.json"), Path("unet/config.json"), Path("vae/config.json")]
+for rel in configs:
+    assert (local / rel).is_file() and settings(local / rel) == settings(gpu / rel), (
+        f"{rel} differs from the GPU export: export with the configuration the GPU run trained with"
+    )
+print(f"install_demo_model: {len(files)} weight files and {len(configs)} configs equal to the GPU export")
 EOF
 rm -rf weights/demo/fourdm weights/demo/training
 mkdir -p weights/demo/training

@@ -27,6 +27,7 @@ from stages.mvgen.training.demo_model import (
     TrainState,
     build_pipeline,
     load_checkpoint,
+    load_trained_vae,
     main,
     run,
     save_checkpoint,
@@ -343,15 +344,27 @@ def test_camera_check_command_line(data, trained, tmp_path, capsys):
         assert r["gap"] == pytest.approx(r["mse_rotated"] - r["mse_true"])
         assert r["relative_gap"] == pytest.approx(r["mse_rotated"] / r["mse_true"] - 1)
     assert "true vs rotated cameras" in capsys.readouterr().out
+    assert camera_check_main([*argv, "--frames", "4", "--timesteps", "999", "--front-view", "--json", str(out)]) == 0
+    front = json.loads(out.read_text())["rows"]
+    assert [r["t"] for r in front] == [999] and front[0]["mse_true"] != result["rows"][1]["mse_true"]
     assert camera_check_main(["--weights", str(trained / EXPORT), "--data", str(data), "--clip", "nope"]) == 2
     assert "is not a folder of render artifacts" in capsys.readouterr().err
 
 
-def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler(data, tmp_path):
+def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler_and_reuses_a_trained_vae(data, trained, tmp_path):
     with pytest.raises(ValueError, match="zero_terminal_snr needs prediction_type v_prediction"):
         DemoModelConfig.model_validate({**tiny_config().model_dump(), "zero_terminal_snr": True})
     out = tmp_path / "run"
-    run(tiny_config(prediction_type="v_prediction", zero_terminal_snr=True), data_dir=data, output_dir=out)
+    cfg = tiny_config(prediction_type="v_prediction", zero_terminal_snr=True, vae_from=str(trained / EXPORT))
+    run(cfg, data_dir=data, output_dir=out)
+    # vae_from: phase 1 skipped, the earlier run's VAE and scaling factor ship unchanged
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in log} == {"unet"}
+    part = "vae/diffusion_pytorch_model.safetensors"
+    a, b = (load_file(str(d / EXPORT / part)) for d in (trained, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    scaling = [json.loads((d / EXPORT / "vae/config.json").read_text())["scaling_factor"] for d in (trained, out)]
+    assert scaling[0] == scaling[1] != 1.0
     pipe = load_fourdm(out / EXPORT)  # the scheduler's config travels with the weights
     scheduler = pipe.scheduler
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
@@ -365,3 +378,15 @@ def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler(data, tmp_path)
     assert np.isfinite(images.images).all()
     summary = json.loads((out / "summary.json").read_text())
     assert all(np.isfinite(r["mse_true"]) for r in summary["camera_check"])
+
+
+def test_vae_from_a_folder_without_a_vae_or_of_another_architecture_is_a_clear_error(data, trained, tmp_path):
+    other = tiny_config(vae=tiny_config().vae.model_copy(update={"block_out_channels": (8, 8)}))
+    pipe = build_pipeline(other, tmp_path / "tok")
+    with pytest.raises(StageError, match="differs from the configured one"):
+        load_trained_vae(pipe, trained / EXPORT, torch.float16)
+    with pytest.raises(StageError, match="no exported VAE there"):
+        load_trained_vae(pipe, tmp_path, torch.float16)
+    with pytest.raises(StageError, match="no exported VAE there"):
+        run(tiny_config(vae_from=str(tmp_path)), data_dir=data, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / CHECKPOINT).exists()

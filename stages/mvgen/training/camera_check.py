@@ -1,16 +1,18 @@
 """Does a 4DM use its camera input? ε-MSE of training windows with the true cameras vs rotated ones, per timestep.
 
     python -m stages.mvgen.training.camera_check --weights weights/demo/fourdm --data <render artifacts> \
-        [--clip fox-survey] [--windows 6] [--timesteps 50 200 400 600 800 950] [--json out/camera_check.json]
+        [--clip fox-survey] [--windows 6] [--timesteps 50 200 400 600 800 950] [--front-view] \
+        [--json out/camera_check.json]
 
 Windows are drawn as the demo model trains on them (`demo_data.sample_windows`: a random conditioning view, 4
-orthogonal views of a random base, cameras relative to the conditioning view) from the training rings under
-`--data` (one clip with `--clip`). Each timestep's noise is shared by the two evaluations (`train_fourdm.camera_gap`),
-so the difference is the camera input's effect alone. A trained model should do clearly worse with the rotated
-cameras at high t; equal columns mean the camera pathway is unused and the views' layout is left to chance. The
-x0 columns: the error of the predicted clean views against their own truth and against the next view's; own far
-below other at the highest t means the views are readable from their noisy latents, so training never needs the
-camera.
+orthogonal views of a random base, cameras relative to the conditioning view; with `--front-view`, as a
+`front_view_only` model trains: conditioned on the ring's front view, 0/90/180/270° out) from the training rings
+under `--data` (one clip with `--clip`). Each timestep's noise is shared by the two evaluations
+(`train_fourdm.camera_gap`), so the difference is the camera input's effect alone. A trained model should do
+clearly worse with the rotated cameras at high t; equal columns mean the camera pathway is unused and the views'
+layout is left to chance. The x0 columns: the error of the predicted clean views against their own truth and
+against the next view's; own far below other at the highest t means the views are readable from their noisy
+latents, so training never needs the camera.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-stride", type=int, default=3)
     p.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--front-view", action="store_true", help="windows conditioned on the front view (a front_view_only model)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             max_stride=a.max_stride,
             timesteps=a.timesteps,
             seed=a.seed,
+            front_view_only=a.front_view,
         )
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -367,6 +367,36 @@ def load_checkpoint(
     return state
 
 
+def load_trained_vae(pipe: FourDMPipeline, folder: Path, dtype: torch.dtype) -> float:
+    """Load the VAE of an exported demo FourDM folder into `pipe` (held at `dtype`, as a frozen VAE is) and return
+    its scaling factor.
+
+    Raises:
+        StageError: no VAE there, or one of another architecture.
+    """
+    folder = Path(folder)
+    vae_dir = folder / "vae" if (folder / "vae").is_dir() else folder
+    weights, config = vae_dir / "diffusion_pytorch_model.safetensors", vae_dir / "config.json"
+    if not weights.is_file() or not config.is_file():
+        raise StageError(f"vae_from {folder}: no exported VAE there (expected {weights} and {config})")
+    theirs = json.loads(config.read_text())
+    ours = dict(pipe.vae.config)
+    keys = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "sample_size")
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    differ = {k: (theirs.get(k), ours.get(k)) for k in keys if norm(theirs.get(k)) != norm(ours.get(k))}
+    if differ:
+        raise StageError(f"vae_from {folder}: the VAE differs from the configured one (theirs, ours): {differ}")
+    try:
+        pipe.vae.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(weights)).items()})
+    except RuntimeError as err:
+        raise StageError(f"vae_from {folder}: {weights.name} does not match the configured VAE ({err})") from None
+    round_to(pipe.vae, dtype)
+    scaling = float(theirs["scaling_factor"])
+    pipe.vae.register_to_config(scaling_factor=scaling)
+    log.info("VAE and scaling factor %.5f from %s (phase 1 skipped)", scaling, vae_dir)
+    return scaling
+
+
 # -- phase 1: the VAE ---------------------------------------------------------------------------------------------
 
 
@@ -704,9 +734,13 @@ def write_report(output_dir: Path, summary: dict) -> None:
     for clip, m in summary["samples"].items():
         lines.append(f"| {clip} | " + " | ".join(f"{m[k]:.2f}" for k in scales) + " |")
     if summary.get("camera_check"):
+        recipe = summary.get("recipe", {})
+        front = recipe.get("front_view_only", False)
+        kind = "v" if recipe.get("prediction_type") == "v_prediction" else "ε"
         lines += [
             "",
-            "## Camera check (`python -m stages.mvgen.training.camera_check`: ε-MSE of 8 training windows with",
+            f"## Camera check (`python -m stages.mvgen.training.camera_check{' --front-view' if front else ''}`: "
+            f"{kind}-MSE of 8 training windows{' conditioned on the front view' if front else ''} with",
             "the true cameras vs each view given the next view's camera; ~0 % means the camera input is unused)",
             "",
             "| t | true | rotated | relative gap | x̂0 error, own view | x̂0 error, next view |",
@@ -816,7 +850,12 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
     ema = {k: p.detach().clone() for k, p in pipe.unet.named_parameters()}
     optimizer = torch.optim.AdamW(pipe.unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sha = config_sha256(cfg)
-    state = load_checkpoint(output_dir / CHECKPOINT, pipe, ema, optimizer) or TrainState()
+    state = load_checkpoint(output_dir / CHECKPOINT, pipe, ema, optimizer)
+    if state is None:
+        state = TrainState()
+        if cfg.vae_from:
+            state.scaling_factor = load_trained_vae(pipe, Path(cfg.vae_from), frozen)
+            state.vae_step = cfg.vae_steps
     had_optimizer_state = bool(optimizer.state)
     rgb = torch.from_numpy(bank.rgb).to(device)
     alpha = torch.from_numpy(bank.alpha).to(device)
@@ -875,7 +914,13 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
         from stages.mvgen.training.camera_check import check_cameras  # imports this module
 
         cameras = check_cameras(
-            exported, bank, windows=8, num_frames=cfg.num_frames, max_stride=cfg.max_frame_stride, seed=cfg.seed
+            exported,
+            bank,
+            windows=8,
+            num_frames=cfg.num_frames,
+            max_stride=cfg.max_frame_stride,
+            seed=cfg.seed,
+            front_view_only=cfg.front_view_only,  # the windows this model trains on
         )
         tracker.log_metrics({f"camera_check/relative_gap_t{r['t']}": r["relative_gap"] for r in cameras})
         steps_run = state.unet_step - start_step
@@ -895,6 +940,7 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
                 "condition_dropout": cfg.condition_dropout,
                 "focus_clip": cfg.focus_clip,
                 "focus_fraction": cfg.focus_fraction,
+                "vae_from": cfg.vae_from,
                 "front_view_only": cfg.front_view_only,
                 "prediction_type": cfg.prediction_type,
                 "zero_terminal_snr": cfg.zero_terminal_snr,
