@@ -568,7 +568,10 @@ class DeferredRender:
             with_orient: the chunk renders carry the orientation term (double backward through the field).
 
         A render made without colour (`with_rgb=False`) is re-evaluated without colour too (`composite`'s with_rgb).
+        Only the field's parameters receive gradients (`backward(inputs=...)`): with normals the sample positions
+        require grad too, and their gradient, which nothing reads, is not computed.
         """
+        params = [p for p in self.field.parameters() if p.requires_grad]
         for s0, s1, r0, r1 in self.chunks(chunk_samples):
             part = RaySamples(self.samples.ray_ids[s0:s1] - r0, self.samples.t_starts[s0:s1], r1 - r0)
             rays = Rays(self.rays.origins[r0:r1], self.rays.directions[r0:r1])
@@ -584,7 +587,7 @@ class DeferredRender:
             )
             loss = loss_fn(out, slice(r0, r1))
             if loss.requires_grad:
-                loss.backward()
+                loss.backward(inputs=params)
 
 
 def render_rays_deferred(

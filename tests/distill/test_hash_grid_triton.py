@@ -147,6 +147,52 @@ def test_field_with_triton_grids_matches_torch_and_shares_its_checkpoint(interpr
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
 
 
+def test_normals_pass_skips_the_table_gradients_it_throws_away(interpret, monkeypatch):
+    # autograd.grad(σ, x, create_graph=True) wants ∂σ/∂x only: the tables' first-order kernel must not run there,
+    # and must run when a later backward needs the tables' gradient (through the MLP's second-order term).
+    launches: list[int] = []
+    real = ht._kernels
+
+    class Counted:
+        def __init__(self, index: int, kernel) -> None:
+            self.index, self.kernel = index, kernel
+
+        def __getitem__(self, grid):
+            launches.append(self.index)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(ht, "_kernels", lambda interp: tuple(Counted(i, k) for i, k in enumerate(real(interp))))
+    a, a_ref = _grids(3, **SMALL)
+    b, b_ref = _grids(4, **SMALL)
+    x = _points(40, 4).requires_grad_(True)
+    out = ht.encode_pair(x, a.params, b.params, a.level_tables(x.device), b.level_tables(x.device), 2)
+    feat_grad = torch.randn_like(out)
+    launches.clear()
+    (dx,) = torch.autograd.grad((out.tanh() * feat_grad).sum(), x, create_graph=True)
+    assert launches == [2]  # the input gradient only: no table-gradient kernel (1)
+    launches.clear()
+    torch.autograd.grad((dx * torch.randn_like(dx)).sum(), [a.params, b.params])
+    assert sorted(launches) == [1, 3]  # tanh's second-order term through the grid (1), the double backward (3)
+
+    # the gradients are unchanged: the torch path's
+    def grads(pair: bool) -> list[torch.Tensor]:
+        xs = x.detach().clone().requires_grad_(True)
+        params = [a.params, b.params] if pair else [a_ref.params, b_ref.params]
+        if pair:
+            f = ht.encode_pair(xs, *params, a.level_tables(xs.device), b.level_tables(xs.device), 2)
+        else:
+            f = a_ref(xs[:, :3]) + b_ref(xs)
+        (d,) = torch.autograd.grad((f.tanh() * feat_grad).sum(), xs, create_graph=True)
+        return torch.autograd.grad((d * torch.linspace(-1, 1, 4)).relu().pow(2).sum(), params)
+
+    for got, want in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-6 * max(1.0, want.abs().max().item()))
+    out = ht.encode_pair(x, a.params, b.params, a.level_tables(x.device), b.level_tables(x.device), 2)
+    launches.clear()
+    (out * feat_grad).sum().backward()  # a plain backward computes every gradient, as before
+    assert sorted(launches) == [1, 2] and a.params.grad is not None and x.grad is not None
+
+
 def test_bad_inputs_are_named():
     params = torch.zeros(10)
     with pytest.raises(TypeError, match="float32"):

@@ -144,21 +144,49 @@ def _forward(x: Tensor, pa: Tensor, pb: Tensor | None, spec: _Spec) -> Tensor:
     return out
 
 
+def _engine_will_run(node) -> bool:
+    """Whether the running backward pass will execute autograd `node` (True when that cannot be told).
+
+    `ctx.needs_input_grad` says only which inputs require grad, not which gradients this pass wants: the analytic
+    normals' `autograd.grad(density, x, create_graph=True)` would compute the tables' gradients too and throw them
+    away (on an H200, a third of the orientation pass's kernel time). The engine knows; it answers for non-leaf
+    nodes, hence `_param_node`'s views."""
+    if node is None:
+        return True
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):  # an older or newer torch without it, or a case it does not support
+        return True
+
+
+def _param_node(tensor: Tensor | None) -> tuple[Tensor | None, object]:
+    """(the tensor as the kernels see it, the autograd node `_engine_will_run` asks about): a view of a tensor that
+    requires grad while grad mode is on (the view's node runs exactly when that tensor's gradient is wanted), else
+    the tensor itself and no node."""
+    if tensor is None or not (tensor.requires_grad and torch.is_grad_enabled()):
+        return tensor, None
+    view = tensor.view_as(tensor)
+    return view, view.grad_fn
+
+
 class _Encode(torch.autograd.Function):
     """out = grid_a(x) (+ grid_b(x)); differentiable twice through `_EncodeBackward`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, pa: Tensor, pb: Tensor | None, spec: _Spec) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, pa: Tensor, pb: Tensor | None, spec: _Spec, nodes=(None,) * 3) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, pa, pb)
         ctx.spec = spec
+        ctx.nodes = nodes
         return _forward(x, pa, pb, spec)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, pa, pb = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
+        need = tuple(n and _engine_will_run(node) for n, node in zip(need, ctx.nodes, strict=True))
         grad_x, grad_a, grad_b = _EncodeBackward.apply(grad_out.contiguous(), x, pa, pb, ctx.spec, need)
-        return (grad_x if need[0] else None), (grad_a if need[1] else None), (grad_b if need[2] else None), None
+        grads = (grad_x if need[0] else None), (grad_a if need[1] else None), (grad_b if need[2] else None)
+        return (*grads, None, None)
 
 
 class _EncodeBackward(torch.autograd.Function):
@@ -249,7 +277,8 @@ def encode(x: Tensor, params: Tensor, tables: LevelTables, features_per_level: i
     """
     _check(x, [params], features_per_level)
     spec = _Spec(tables, None, x.shape[1], 0, features_per_level)
-    return _Encode.apply(x.contiguous(), params, None, spec)
+    (x, node_x), (params, node) = _param_node(x.contiguous()), _param_node(params)
+    return _Encode.apply(x, params, None, spec, (node_x, node, None))
 
 
 def encode_pair(
@@ -282,4 +311,7 @@ def encode_pair(
     ):
         raise ValueError("encode_pair needs two grids with the same level scales")
     spec = _Spec(tables_xyz, tables_xyzt, 3, 4, features_per_level)
-    return _Encode.apply(xyzt.contiguous(), params_xyz, params_xyzt, spec)
+    (xyzt, node_x), (params_xyz, node_a), (params_xyzt, node_b) = map(
+        _param_node, (xyzt.contiguous(), params_xyz, params_xyzt)
+    )
+    return _Encode.apply(xyzt, params_xyz, params_xyzt, spec, (node_x, node_a, node_b))
