@@ -166,6 +166,25 @@ def test_front_view_only_windows_keep_the_draws_and_condition_on_the_front(data)
     assert any({decode(bank, int(j))[0] for j in plain.condition[i]} != {4} for i in range(200))
 
 
+def test_front_view_windows_with_any_base_keep_the_front_condition_and_vary_the_quadruple(data):
+    bank = load_clip_bank(data, PX, 4)
+    plain = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True)
+    draw = dict(front_view_only=True, any_base=True)
+    anyb = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True, **draw)
+    bases = set()
+    for i in range(200):
+        assert {decode(bank, int(j))[0] for j in anyb.condition[i]} == {4}  # conditioned on the front view
+        ring = [decode(bank, int(j))[0] for j in anyb.views[i, 0]]
+        assert ring == [decode(bank, int(j))[0] for j in plain.views[i, 0]]  # the default draw's quadruple
+        bases.add(ring[0])
+        azimuths = [((v - 4) * 45.0) % 360.0 for v in ring]  # 8 views, 45° apart, relative to the front (4)
+        np.testing.assert_allclose(anyb.cameras[i].numpy(), fourdm_camera_vectors(azimuths, 0.0), atol=1e-6)
+    assert bases == set(range(8))
+    # focus windows keep the front quadruple
+    focus = sample_windows(bank, 50, 4, 3, torch.Generator().manual_seed(4), True, 0, 1.0, **draw)
+    assert all([decode(bank, int(j))[0] for j in focus.views[i, 0]] == [4, 6, 0, 2] for i in range(50))
+
+
 def test_too_short_clips_are_a_clear_error(data):
     with pytest.raises(StageError, match="needs 12"):
         load_clip_bank(data, PX, 12)

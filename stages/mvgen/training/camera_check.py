@@ -44,14 +44,22 @@ def check_cameras(
     timesteps: list[int] | tuple[int, ...] = (50, 200, 400, 600, 800, 950),
     seed: int = 0,
     front_view_only: bool = False,
+    any_base: bool = False,
 ) -> list[dict]:
     """Rows {t, mse_true, mse_rotated, gap, relative_gap, x0_own, x0_other} (`train_fourdm.camera_gap`) over `windows`
     windows of `bank` (posterior means; only the images the windows use are encoded). `front_view_only`: windows as
-    the demo uses the model (`demo_data.sample_windows`)."""
+    the demo uses the model, `any_base` with any quadruple of the ring (`demo_data.sample_windows`)."""
     device = pipe.device
     gen = torch.Generator().manual_seed(seed)
     w = sample_windows(
-        bank, windows, num_frames, max_stride, gen, time_reversal=False, front_view_only=front_view_only
+        bank,
+        windows,
+        num_frames,
+        max_stride,
+        gen,
+        time_reversal=False,
+        front_view_only=front_view_only,
+        any_base=any_base,
     )
     used, slot = torch.unique(torch.cat([w.views.reshape(-1), w.condition.reshape(-1)]), return_inverse=True)
     caches = build_caches(pipe, bank, torch.from_numpy(bank.rgb), index=used)
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--front-view", action="store_true", help="windows conditioned on the front view (a front_view_only model)"
     )
+    p.add_argument("--any-base", action="store_true", help="with --front-view: any quadruple, not the front one")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             timesteps=a.timesteps,
             seed=a.seed,
             front_view_only=a.front_view,
+            any_base=a.any_base,
         )
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -110,6 +110,12 @@ class DemoModelConfig(StageConfig):
     the view quadruple at random, so a camera (relative to the conditioning view) places a view only together with
     what the reference shows; `scripts/camera_learning.py` measured a tiny model that learns its cameras within 600
     CPU steps this way and not in 1200 steps the random way (weights/demo/README.md). Ours, a demo-model option."""
+    front_view_any_base: bool = False
+    """With `front_view_only`: the 4 orthogonal views start at a random view of the ring (any of its 16 azimuths,
+    22.5° apart) instead of the front view, still conditioned on the front view. The demo's mvgen asks for
+    0/90/180/270°, but the SDS of distill asks for 4 views at a random azimuth offset every step (threestudio's
+    cameras): a model that has seen only the front quadruple gets cameras it never saw there. Focus windows keep
+    the front quadruple."""
     condition_dropout: float = Field(0.1, ge=0.0, le=1.0)
     """Probability of an unconditional window: reference latents and CLIP tokens zeroed and the caption emptied,
     cameras kept: exactly what the sampler's and SDS's unconditional branch feeds with an empty negative

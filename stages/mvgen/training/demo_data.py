@@ -139,13 +139,15 @@ def sample_windows(
     focus_clip: int | None = None,
     focus_fraction: float = 0.0,
     front_view_only: bool = False,
+    any_base: bool = False,
 ) -> Windows:
     """Draw `batch` windows (all randomness from the CPU `generator`).
 
     With `focus_clip`, a window is drawn with probability `focus_fraction` from that clip as the demo sees it:
     conditioned on the front view (`front_view`) and asking for the views at 0/90/180/270 from it. With
     `front_view_only`, every window is drawn that way, from whichever clip (the same random draws are made, so the
-    clips, frames and time reversal are those of the default).
+    clips, frames and time reversal are those of the default). `any_base` (with `front_view_only`): the 4
+    orthogonal views start at the ring's random view instead of the front view (focus windows keep the front).
     """
     by_subject = [[c for c, s in enumerate(bank.subjects) if s == k] for k in range(len(bank.subject_captions))]
     views = np.zeros((batch, num_frames, 4), np.int64)
@@ -169,7 +171,9 @@ def sample_windows(
         mono = int(torch.randint(nv, (1,), generator=generator))
         base = int(torch.randint(nv, (1,), generator=generator))
         if focus or front_view_only:
-            mono = base = front_view(nv)
+            mono = front_view(nv)
+            if focus or not any_base:
+                base = mono
         ring = [(base + k * (nv // 4)) % nv for k in range(4)]
         views[i] = [[bank.index(c, v, f) for v in ring] for f in frames]
         condition[i] = [bank.index(c, mono, f) for f in frames]

@@ -527,6 +527,7 @@ def unet_step_loss(
         focus,
         cfg.focus_fraction,
         cfg.front_view_only,
+        cfg.front_view_any_base,
     )
     keep = (~dropout_mask(cfg.batch_size, cfg.condition_dropout, gen)).to(device)
     dev_gen = _device_generator(device, cfg.seed, step)
@@ -736,10 +737,12 @@ def write_report(output_dir: Path, summary: dict) -> None:
     if summary.get("camera_check"):
         recipe = summary.get("recipe", {})
         front = recipe.get("front_view_only", False)
+        any_base = front and recipe.get("front_view_any_base", False)
+        flags = (" --front-view" if front else "") + (" --any-base" if any_base else "")
         kind = "v" if recipe.get("prediction_type") == "v_prediction" else "ε"
         lines += [
             "",
-            f"## Camera check (`python -m stages.mvgen.training.camera_check{' --front-view' if front else ''}`: "
+            f"## Camera check (`python -m stages.mvgen.training.camera_check{flags}`: "
             f"{kind}-MSE of 8 training windows{' conditioned on the front view' if front else ''} with",
             "the true cameras vs each view given the next view's camera; ~0 % means the camera input is unused)",
             "",
@@ -921,6 +924,7 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
             max_stride=cfg.max_frame_stride,
             seed=cfg.seed,
             front_view_only=cfg.front_view_only,  # the windows this model trains on
+            any_base=cfg.front_view_any_base,
         )
         tracker.log_metrics({f"camera_check/relative_gap_t{r['t']}": r["relative_gap"] for r in cameras})
         steps_run = state.unet_step - start_step
@@ -942,6 +946,7 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
                 "focus_fraction": cfg.focus_fraction,
                 "vae_from": cfg.vae_from,
                 "front_view_only": cfg.front_view_only,
+                "front_view_any_base": cfg.front_view_any_base,
                 "prediction_type": cfg.prediction_type,
                 "zero_terminal_snr": cfg.zero_terminal_snr,
                 "compile_unet": cfg.compile_unet,
