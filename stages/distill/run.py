@@ -71,8 +71,9 @@ def run(
     if mvgen.upstream.get("preprocess") != source.sha256(preprocess_dir):
         raise StageError(f"{input_dir} was not sampled from {preprocess_dir} (preprocess manifest hash differs)")
     views = mvgen.views
-    if config.cameras.anchor_view >= views.num_views:
-        raise StageError(f"cameras.anchor_view {config.cameras.anchor_view} but mvgen has {views.num_views} views")
+    for v in (config.cameras.anchor_view, *config.cameras.extra_anchor_views):
+        if v >= views.num_views:
+            raise StageError(f"anchor view {v} (cameras.anchor_view/extra_anchor_views): mvgen has {views.num_views}")
     device = resolve_device(config.device)
     if config.mesh.enabled:
         require_mesh_libraries()  # before the optimisation, not after it
@@ -96,15 +97,23 @@ def run(
     if w.anchor_lpips > 0:
         lpips = load_anchor_lpips(lpips_dir).to(device)
 
-    # 3. The anchor video: the mvgen view at the input camera, binary mask (alpha > 0.5) on white (spec §5.2).
-    anchor_frames = []
-    for f in range(views.num_frames):
-        rgba = read_rgba(views.frame_path(input_dir, config.cameras.anchor_view, f)).astype(np.float32) / 255.0
-        mask = (rgba[..., 3:] > 0.5).astype(np.float32)
-        anchor_frames.append(rgba[..., :3] * mask + (1.0 - mask))
+    # 3. The anchor video: the mvgen view at the input camera, binary mask (alpha > 0.5) on white (spec §5.2), and
+    # the extra anchor views (ours, off by default) the same way.
+    def anchor_video(view: int) -> torch.Tensor:
+        frames_v = []
+        for f in range(views.num_frames):
+            rgba = read_rgba(views.frame_path(input_dir, view, f)).astype(np.float32) / 255.0
+            mask = (rgba[..., 3:] > 0.5).astype(np.float32)
+            frames_v.append(rgba[..., :3] * mask + (1.0 - mask))
+        return torch.from_numpy(np.stack(frames_v)).permute(0, 3, 1, 2).contiguous()  # (F, 3, H, W)
+
+    mv_cameras = load_cameras(input_dir / views.cameras_file)
+    extra = config.cameras.extra_anchor_views
     anchor = AnchorTarget(
-        frames=torch.from_numpy(np.stack(anchor_frames)).permute(0, 3, 1, 2).contiguous(),  # (F, 3, H, W)
-        camera=load_cameras(input_dir / views.cameras_file)[config.cameras.anchor_view],
+        frames=anchor_video(config.cameras.anchor_view),
+        camera=mv_cameras[config.cameras.anchor_view],
+        extra_frames=torch.stack([anchor_video(v) for v in extra]) if extra else None,
+        extra_cameras=[mv_cameras[v] for v in extra],
     )
 
     torch.manual_seed(config.seed)

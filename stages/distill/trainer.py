@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import torch
@@ -60,10 +61,35 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 
 @dataclass
 class AnchorTarget:
-    """The anchor video (spec §5.2): frames (F, 3, H, W) in [0, 1] on white, seen from `camera`."""
+    """The anchor video (spec §5.2): frames (F, 3, H, W) in [0, 1] on white, seen from `camera`; optionally more
+    mvgen views used the same way (`cameras.extra_anchor_views`, ours): `extra_frames` (E, F, 3, H, W) seen from
+    `extra_cameras` (E)."""
 
     frames: Tensor
     camera: OrbitCamera
+    extra_frames: Tensor | None = None
+    extra_cameras: list[OrbitCamera] = dataclass_field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        count = 0 if self.extra_frames is None else self.extra_frames.shape[0]
+        if count != len(self.extra_cameras):
+            raise ValueError(f"AnchorTarget: {count} extra anchor videos but {len(self.extra_cameras)} cameras")
+        if self.extra_frames is not None and self.extra_frames.shape[1:] != self.frames.shape:
+            raise ValueError(
+                f"AnchorTarget: extra anchor videos {tuple(self.extra_frames.shape[1:])} differ from the anchor video "
+                f"{tuple(self.frames.shape)}"
+            )
+
+    @property
+    def cameras(self) -> list[OrbitCamera]:
+        return [self.camera, *self.extra_cameras]
+
+    def frame(self, index: int) -> Tensor:
+        """(1 + E, 3, H, W): frame `index` of the anchor video and of each extra one, in `cameras` order."""
+        first = self.frames[index : index + 1]
+        if self.extra_frames is None:
+            return first
+        return torch.cat([first, self.extra_frames[:, index]])
 
 
 def build_field(cfg: DistillConfig) -> DynamicNeRFField:
@@ -395,23 +421,22 @@ class Trainer:
                     term = orientation_loss(normal_pass.orient, normal_pass.opacity)
                 terms.append(lam * term)
                 metrics["loss/orient"] = term.detach()
-        # 6. Anchor loss (eq. 11, plus the optional pixel L1): the anchor view at one random frame, at the anchor
-        # video's size.
+        # 6. Anchor loss (eq. 11, plus the optional pixel L1): the anchor view (and any extra anchor views) at one
+        # random frame, at the anchor video's size.
         if w.anchor_lpips > 0 or w.anchor_dssim > 0 or w.anchor_l1 > 0:
             frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
             with self._phase("anchor"):
-                target = to_device(self.anchor.frames[frame : frame + 1], self.device)  # (1, 3, H, W)
-                size_a = target.shape[-1]
+                target = to_device(self.anchor.frame(frame), self.device)  # (A, 3, H, W)
+                num_a, size_a = target.shape[0], target.shape[-1]
                 time_a = [float(self.times[frame])]
                 if deferred:
-                    a_render = self.render_deferred(
-                        [self.anchor.camera], time_a, size_a, stratified=True, kind="anchor"
-                    )
+                    cams_a = self.anchor.cameras
+                    a_render = self.render_deferred(cams_a, time_a, size_a, stratified=True, kind="anchor")
                     assert a_render.rgb is not None
                     a_pixels = a_render.rgb.requires_grad_(True)
                 else:
-                    a_pixels = self.render([self.anchor.camera], time_a, size_a, stratified=True, kind="anchor").rgb
-                render = a_pixels.reshape(1, size_a, size_a, 3).permute(0, 3, 1, 2)  # (1, 3, H, W)
+                    a_pixels = self.render(self.anchor.cameras, time_a, size_a, stratified=True, kind="anchor").rgb
+                render = a_pixels.reshape(num_a, size_a, size_a, 3).permute(0, 3, 1, 2)  # (A, 3, H, W)
                 term, parts_a = anchor_loss_terms(
                     render,
                     target,

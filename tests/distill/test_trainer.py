@@ -188,3 +188,58 @@ def test_anchor_l1_deferred_backward_matches_the_direct_one(parts):
     for name, g in direct.items():
         assert g.abs().max() > 0, name
         torch.testing.assert_close(deferred[name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+
+
+def with_extra_views(anchor: AnchorTarget) -> AnchorTarget:
+    """The anchor plus 3 extra anchor videos (the anchor's frames mirrored, tinted, upside down) at 90/180/270°."""
+    f = anchor.frames
+    extra = torch.stack([f.flip(-1), f * torch.tensor([1.0, 0.5, 0.5])[:, None, None], f.flip(-2)])
+    cams = [OrbitCamera.from_angles(k, 90.0 * k, 0.0, 1.1, 45.0) for k in (1, 2, 3)]
+    return AnchorTarget(f, anchor.camera, extra_frames=extra, extra_cameras=cams)
+
+
+def test_extra_anchor_views_are_rendered_and_match_between_the_direct_and_deferred_paths(parts):
+    guidance, cond, anchor, lpips = parts
+    size = anchor.frames.shape[-1]
+    results = []
+    for chunk in (0, 64):
+        config = TINY.model_copy(
+            update={
+                "loss_weights": l1_only_weights(5.0).model_copy(update={"anchor_dssim": 3.0}),
+                "renderer": TINY.renderer.model_copy(update={"grad_chunk_samples": chunk}),
+            }
+        )
+        torch.manual_seed(config.seed)
+        trainer = Trainer(
+            config, build_field(config), with_extra_views(anchor), guidance=guidance, conditioning=cond,
+            lpips=lpips, device=CPU,
+        )  # fmt: skip
+        with torch.no_grad():
+            for grid in trainer.field.grid_parameters():
+                grid.uniform_(-0.5, 0.5)
+        trainer.optimizer.step = lambda *a, **k: None  # keep the gradients of step 0
+        metrics = trainer.train_step()
+        assert trainer.render_stats["anchor"]["rays"] == 4 * size * size  # the anchor view and the 3 extra ones
+        results.append(({n: p.grad.clone() for n, p in trainer.field.named_parameters()}, metrics))
+    (direct, m_direct), (deferred, m_deferred) = results
+    for key in ("loss/anchor_l1", "loss/anchor_dssim"):
+        assert m_deferred[key] == pytest.approx(m_direct[key], rel=1e-5)
+    for name, g in direct.items():
+        torch.testing.assert_close(deferred[name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+    # the extra views change the loss: the same step with the anchor view alone gives another L1
+    plain = make_trainer(TINY.model_copy(update={"loss_weights": l1_only_weights(5.0)}), parts)
+    with torch.no_grad():
+        for grid in plain.field.grid_parameters():
+            grid.uniform_(-0.5, 0.5)
+    assert plain.train_step()["loss/anchor_l1"] != pytest.approx(m_direct["loss/anchor_l1"], rel=1e-3)
+
+
+def test_anchor_target_checks_its_extra_views(parts):
+    anchor = parts[2]
+    full = with_extra_views(anchor)
+    torch.testing.assert_close(full.frame(1), torch.cat([anchor.frames[1:2], full.extra_frames[:, 1]]))
+    assert [c.view for c in full.cameras] == [anchor.camera.view, 1, 2, 3]
+    with pytest.raises(ValueError, match="3 extra anchor videos but 2 cameras"):
+        AnchorTarget(anchor.frames, anchor.camera, full.extra_frames, full.extra_cameras[:2])
+    with pytest.raises(ValueError, match="differ from the anchor video"):
+        AnchorTarget(anchor.frames, anchor.camera, full.extra_frames[:, :2], full.extra_cameras)
