@@ -19,13 +19,15 @@ Two phases of the schedule:
   `--late-field blob` keeps the start field (the pessimistic fuzzy ball). The JSON says which, with the measured
   samples per ray and coverage.
 
-Per phase: seconds per step (mean of `--steps` after `--warmup` steps), peak GPU memory of those steps (allocated
-and reserved), samples per SDS ray (kept, candidates in occupied cells, evaluated by the pruning pass), the floor =
-UNet forward at the SDS batch (2 CFG branches × F × (V+1) slots, guidance dtype, no_grad) + VAE encoder forward and
-backward of the F·V renders at the VAE's resolution + the SDS render's forward and backward alone (same path,
-random pixel gradients); the ratio step/floor; a per-part profile of one extra step (synchronised: its parts add up
-to a little more than a step). Targets (issue #10): ≤ 0.35 s/step and ≤ 1.25× the floor at 256², peak ≤ 24 GB.
-Out-of-memory is caught per measurement and reported instead of a number.
+Per phase: seconds per step (the median of `--steps` steps timed one by one after `--warmup` steps; the mean and
+every step's time are in the JSON too: a step that compiles a Triton kernel for a new sample-count specialisation
+takes seconds once, which the median leaves out and a 35000-step run amortises), peak GPU memory of those steps
+(allocated and reserved), samples per SDS ray (kept, candidates in occupied cells, evaluated by the pruning pass),
+the floor = UNet forward at the SDS batch (2 CFG branches × F × (V+1) slots, guidance dtype, no_grad) + VAE encoder
+forward and backward of the F·V renders at the VAE's resolution + the SDS render's forward and backward alone (same
+path, random pixel gradients); the ratio step/floor; a per-part profile of one extra step (synchronised: its parts
+add up to a little more than a step). Targets (issue #10): ≤ 0.35 s/step and ≤ 1.25× the floor at 256², peak ≤ 24
+GB. Out-of-memory is caught per measurement and reported instead of a number.
 
 `--smoke` runs the same code with tiny models on the CPU (tests; its numbers mean nothing).
 """
@@ -241,14 +243,17 @@ def run_phase(trainer: Trainer, label: str, step: int, args, clock: Clock) -> di
             trainer.train_step()
         clock.reset_peak()
         clock.sync()
-        start = time.perf_counter()
-        for _ in range(args.steps):
+        times = []
+        for _ in range(args.steps):  # each step timed alone (synchronised): one slow outlier shows as such
+            start = time.perf_counter()
             metrics = trainer.step_tensors()
-        clock.sync()
-        seconds = (time.perf_counter() - start) / args.steps
+            clock.sync()
+            times.append(time.perf_counter() - start)
         sds = trainer.render_stats["sds"]
         return {
-            "s_per_step": seconds,
+            "s_per_step": float(np.median(times)),
+            "s_per_step_mean": float(np.mean(times)),
+            "step_times_s": times,
             **clock.peak(),
             "samples_per_ray": float(metrics["samples_per_ray"]),
             "candidates_per_ray": sds["candidates"] / sds["rays"],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
+
 from tests.distill.tiny import REPO
 
 
@@ -17,7 +19,7 @@ def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_pa
         [
             "--smoke",
             "--steps",
-            "1",
+            "2",
             "--warmup",
             "0",
             "--floor-repeats",
@@ -43,6 +45,8 @@ def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_pa
         floor = result["floor_unet"]["unet_forward_s"] + result["floor_vae"]["vae_encoder_fwd_bwd_s"]
         assert abs(phase["floor_s"] - floor - phase["render_floor"]["render_fwd_bwd_s"]) < 1e-9
         assert abs(phase["ratio_to_floor"] - phase["s_per_step"] / phase["floor_s"]) < 1e-9
+        times = phase["step_times_s"]  # 2 steps: the median is their mean
+        assert len(times) == 2 and phase["s_per_step"] == pytest.approx(sum(times) / 2) == phase["s_per_step_mean"]
         assert 0 < phase["samples_per_ray"] <= phase["evaluated_per_ray"] <= phase["candidates_per_ray"]
         assert "guidance" in phase["profile_s"] and "sds_field_backward" in phase["profile_s"]
     # The opaque sphere stands in for a trained field: fewer samples per ray than the fuzzy start blob.
