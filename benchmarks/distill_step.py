@@ -266,7 +266,10 @@ def run_phase(trainer: Trainer, label: str, step: int, args, clock: Clock) -> di
         trainer.timings = {}
         try:
             trainer.train_step()
-            return {"profile_s": dict(sorted(trainer.timings.items(), key=lambda kv: -kv[1]))}
+            out = {"profile_s": dict(sorted(trainer.timings.items(), key=lambda kv: -kv[1]))}
+            if args.kernel_profile:
+                out["kernel_profile"] = kernel_profile(trainer, clock)
+            return out
         finally:
             trainer.timings = None
 
@@ -275,6 +278,34 @@ def run_phase(trainer: Trainer, label: str, step: int, args, clock: Clock) -> di
         result.update(guarded(profiled_step))
     result["render_floor"] = guarded(lambda: render_floor(trainer, size, clock, args.floor_repeats))
     return result
+
+
+def kernel_profile(trainer: Trainer, clock: Clock, top: int = 30) -> dict:
+    """One more (synchronised, phase-annotated) step under torch.profiler: per phase its CPU and device time, and the
+    kernels (or CPU ops on the CPU) by total time."""
+    cuda = torch.cuda.is_available() and trainer.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        trainer.train_step()
+        clock.sync()
+    events = prof.key_averages()
+    device = "device_time_total" if cuda else "self_cpu_time_total"
+    phases = {
+        e.key.removeprefix("phase:"): {"cpu_ms": e.cpu_time_total / 1e3, "device_ms": getattr(e, device, 0) / 1e3}
+        for e in events
+        if e.key.startswith("phase:")
+    }
+    kernels = [e for e in events if not e.key.startswith("phase:") and getattr(e, device, 0) > 0]
+    if cuda:
+        kernels = [e for e in kernels if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: -getattr(e, device))
+    total = sum(getattr(e, device) for e in kernels)
+    return {
+        "phases": phases,
+        "kernel_total_ms": total / 1e3,
+        "top": [{"name": e.key[:120], "ms": getattr(e, device) / 1e3, "calls": e.count} for e in kernels[:top]],
+        "launches": sum(e.count for e in kernels),
+    }
 
 
 def variant_config(base: DistillConfig, args, grad_chunk: int, vae_chunk: int) -> DistillConfig:
@@ -302,6 +333,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per phase first")
     parser.add_argument("--floor-repeats", type=int, default=5, help="timed repeats of each floor part")
     parser.add_argument("--json", type=Path, default=Path("out/distill_step.json"))
+    parser.add_argument(
+        "--kernel-profile", action="store_true", help="torch.profiler table of one more step per phase (JSON)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (tests only)")
     args = parser.parse_args(argv)
     config_path = args.config or REPO / ("configs/tiny/distill.yaml" if args.smoke else "configs/distill.yaml")

@@ -277,8 +277,9 @@ class Trainer:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
         start = time.perf_counter()
-        yield
-        sync()
+        with torch.profiler.record_function(f"phase:{name}"):  # groups a torch.profiler trace by phase
+            yield
+            sync()
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     def _backward_pixels(
