@@ -28,6 +28,7 @@ def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_pa
             "64",
             "--vae-chunk",
             "3",
+            "--kernel-profile",
             "--json",
             str(out),
         ]
@@ -49,5 +50,8 @@ def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_pa
         assert len(times) == 2 and phase["s_per_step"] == pytest.approx(sum(times) / 2) == phase["s_per_step_mean"]
         assert 0 < phase["samples_per_ray"] <= phase["evaluated_per_ray"] <= phase["candidates_per_ray"]
         assert "guidance" in phase["profile_s"] and "sds_field_backward" in phase["profile_s"]
+        kernels = phase["kernel_profile"]  # --kernel-profile: the phases as profiler ranges, the top ops
+        assert {"guidance", "sds_render", "orient"} <= set(kernels["phases"]) and kernels["launches"] > 0
+        assert kernels["top"] and all(k["ms"] > 0 for k in kernels["top"])
     # The opaque sphere stands in for a trained field: fewer samples per ray than the fuzzy start blob.
     assert late["samples_per_ray"] < start["samples_per_ray"]
