@@ -587,7 +587,7 @@ class DeferredRender:
             )
             loss = loss_fn(out, slice(r0, r1))
             if loss.requires_grad:
-                loss.backward(inputs=params)
+                loss.backward(inputs=params or None)
 
 
 def render_rays_deferred(
