@@ -82,6 +82,16 @@ def tiny_parts(dtype: torch.dtype):
     return pipe, lpips
 
 
+def environment(device: torch.device) -> dict:
+    """What a benchmark JSON records about the machine: GPU name (or a CPU smoke run), torch, CUDA, Python."""
+    return {
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke run)",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
 class Clock:
     """Wall time of a callable with the device synchronised around it; peak memory since the last reset."""
 
@@ -346,10 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     vae_chunks = args.vae_chunk or [base.guidance.vae_chunk]
     dtype_name = args.guidance_dtype or base.guidance.dtype
     result: dict = {
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke run)",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
+        **environment(device),
         "config": str(config_path),
         "hash_backend": args.backend or base.field.backend,
         "guidance_dtype": dtype_name,

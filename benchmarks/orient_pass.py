@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.distill_step import Clock, make_late_field  # noqa: E402
+from benchmarks.distill_step import Clock, environment, make_late_field  # noqa: E402
 from stages.common.cameras import OrbitCamera  # noqa: E402
 from stages.common.config import load_config  # noqa: E402
 from stages.distill.cameras import sample_sds_views  # noqa: E402
@@ -103,10 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     samples = render.num_samples
     rays = int(render.opacity.numel())
     result: dict = {
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke run)",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
+        **environment(device),
         "config": str(config_path),
         "hash_backend": cfg.field.backend,
         "size_px": size,

@@ -27,55 +27,28 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages.common.artifacts import RenderManifest, ViewSet  # noqa: E402
-from stages.common.cameras import OrbitCamera, save_cameras  # noqa: E402
 from stages.common.config import load_config  # noqa: E402
-from stages.common.image_io import write_rgba  # noqa: E402
 from stages.mvgen.pipeline_fourdm import load_fourdm  # noqa: E402
 from stages.mvgen.training.camera_check import check_cameras  # noqa: E402
 from stages.mvgen.training.demo_config import DemoModelConfig  # noqa: E402
 from stages.mvgen.training.demo_data import load_clip_bank  # noqa: E402
 from stages.mvgen.training.demo_model import EXPORT, run  # noqa: E402
+from stages.mvgen.training.synthetic_ring import write_ring_artifact  # noqa: E402
 
 PX, VIEWS, FRAMES = 16, 8, 16
 
 
 def write_sliding_ring(root: Path, name: str = "slide") -> Path:
     """A render artifact whose view v shows an 8×8 square at x = v px, colour (30v, 10f, 240 − 30v)."""
-    art = root / name
-    files = []
-    for v in range(VIEWS):
-        for f in range(FRAMES):
-            rgba = np.zeros((PX, PX, 4), np.uint8)
-            rgba[4:12, v : v + 8] = (30 * v, 10 * f, 240 - 30 * v, 255)
-            rel = f"train/v{v:02d}/rgba_{f:05d}.png"
-            write_rgba(art / rel, rgba)
-            files.append(rel)
-    cams = [OrbitCamera.from_angles(v, -180.0 + 360.0 * v / VIEWS, 0.0, 1.1, 45.0) for v in range(VIEWS)]
-    save_cameras(art / "train" / "cameras.json", cams)
-    (art / "train" / "caption.txt").write_text("a block")
-    files += ["train/cameras.json", "train/caption.txt"]
-    gt = ViewSet(
-        num_views=VIEWS,
-        num_frames=FRAMES,
-        size_px=PX,
-        frame_template="train/v{view:02d}/rgba_{frame:05d}.png",
-        cameras_file="train/cameras.json",
-        source_indices=list(range(FRAMES)),
+
+    def image(v: int, f: int) -> np.ndarray:
+        rgba = np.zeros((PX, PX, 4), np.uint8)
+        rgba[4:12, v : v + 8] = (30 * v, 10 * f, 240 - 30 * v, 255)
+        return rgba
+
+    return write_ring_artifact(
+        root / name, image, views=VIEWS, frames=FRAMES, size_px=PX, caption="a block", code_version="experiment"
     )
-    RenderManifest(
-        subject=name,
-        files=files,
-        config_sha256="0",
-        code_version="experiment",
-        input_dir="train/v00",
-        input_camera=cams[0].model_dump(),
-        gt=gt,
-        fps=8.0,
-        prompt="a block",
-        train_dir="train",
-    ).write(art)
-    return art
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from stages.common.cameras import fourdm_camera_vectors
 from stages.distill.host import to_device
-from stages.mvgen import FourDMPipeline, predicted_x0
+from stages.mvgen import FourDMPipeline, predicted_x0, prediction_type
 
 __all__ = ["FourDMGuidance", "SDSOutput", "GuidanceConditioning", "OFFICIAL_SDS_NEGATIVE_PROMPT"]
 
@@ -83,9 +83,7 @@ class FourDMGuidance:
         alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
         self.alphas_cumprod = alphas
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
-        self.prediction_type = pipe.scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"4DM scheduler prediction_type {self.prediction_type!r}: epsilon or v_prediction")
+        self.prediction_type = prediction_type(pipe.scheduler)  # checked before the first step
 
     @property
     def device(self) -> torch.device:

@@ -33,6 +33,7 @@ __all__ = [
     "FourDMPipelineOutput",
     "load_fourdm",
     "predicted_x0",
+    "prediction_type",
     "frame_windows",
     "OFFICIAL_NEGATIVE_PROMPT",
     "COMPONENTS",
@@ -56,6 +57,18 @@ COMPONENTS = {
     "feature_extractor": CLIPImageProcessor,
 }
 """Sub-folder → class of a FourDM weights folder (`save_pretrained` layout)."""
+
+
+def prediction_type(scheduler: DDIMScheduler) -> str:
+    """The scheduler's prediction type if 4DM supports it: "epsilon" (4DM's) or "v_prediction" (a demo-model option).
+
+    Raises:
+        StageError: any other (e.g. diffusers' "sample").
+    """
+    value = scheduler.config.prediction_type
+    if value not in ("epsilon", "v_prediction"):
+        raise StageError(f"scheduler prediction_type {value!r}: 4DM supports epsilon and v_prediction")
+    return value
 
 
 def predicted_x0(prediction_type: str, sample: Tensor, output: Tensor, alpha_bar: Tensor | float) -> Tensor:

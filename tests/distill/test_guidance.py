@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from stages.common.errors import StageError
 from stages.distill.guidance import FourDMGuidance
 from stages.mvgen.models import FourDMUNet
 from stages.mvgen.pipeline_fourdm import FourDMPipeline
@@ -136,3 +137,11 @@ def test_v_prediction_guidance_gives_the_epsilon_targets(guidance, cond):
         std_rescale=0.2,
     )
     assert not torch.allclose(call(wrong, cond, rgb).target, want.target, atol=1e-2)
+
+
+def test_a_prediction_type_4dm_does_not_support_is_refused_before_any_step(guidance):
+    pipe = guidance.pipe
+    config = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")} | {"prediction_type": "sample"}
+    parts = (pipe.unet, pipe.vae, DDIMScheduler(**config), pipe.text_encoder, pipe.tokenizer, pipe.image_encoder)
+    with pytest.raises(StageError, match="prediction_type 'sample'"):
+        FourDMGuidance(FourDMPipeline(*parts, pipe.feature_extractor))

@@ -12,11 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stages.common.artifacts import RenderManifest, ViewSet
-from stages.common.cameras import OrbitCamera, fourdm_camera_vectors, save_cameras
+from stages.common.cameras import fourdm_camera_vectors
 from stages.common.config import load_config
 from stages.common.errors import StageError
-from stages.common.image_io import write_rgba
 from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm, official_scheduler
 from stages.mvgen.training.camera_check import main as camera_check_main
 from stages.mvgen.training.demo_config import DemoModelConfig
@@ -33,6 +31,7 @@ from stages.mvgen.training.demo_model import (
     save_checkpoint,
     vae_loss,
 )
+from stages.mvgen.training.synthetic_ring import write_ring_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 PX = 16
@@ -40,40 +39,15 @@ PX = 16
 
 def write_ring(root: Path, subject: str, caption: str, views: int, frames: int) -> Path:
     """A render artifact whose train/ ring encodes (view, frame) in each image's colour: R = 20·v, G = 20·f."""
-    art = root / subject
-    files = []
-    for v in range(views):
-        for f in range(frames):
-            rgba = np.zeros((PX, PX, 4), np.uint8)
-            rgba[4:12, 4:12] = (20 * v, 10 * f, 100, 255)
-            rel = f"train/v{v:02d}/rgba_{f:05d}.png"
-            write_rgba(art / rel, rgba)
-            files.append(rel)
-    cams = [OrbitCamera.from_angles(v, -180.0 + 360.0 * v / views, 0.0, 1.1, 45.0) for v in range(views)]
-    save_cameras(art / "train" / "cameras.json", cams)
-    (art / "train" / "caption.txt").write_text(caption)
-    files += ["train/cameras.json", "train/caption.txt"]
-    gt = ViewSet(
-        num_views=views,
-        num_frames=frames,
-        size_px=PX,
-        frame_template="train/v{view:02d}/rgba_{frame:05d}.png",
-        cameras_file="train/cameras.json",
-        source_indices=list(range(frames)),
+
+    def image(v: int, f: int) -> np.ndarray:
+        rgba = np.zeros((PX, PX, 4), np.uint8)
+        rgba[4:12, 4:12] = (20 * v, 10 * f, 100, 255)
+        return rgba
+
+    return write_ring_artifact(
+        root / subject, image, views=views, frames=frames, size_px=PX, caption=caption, code_version="test"
     )
-    RenderManifest(
-        subject=subject,
-        files=files,
-        config_sha256="0",
-        code_version="test",
-        input_dir="train/v00",
-        input_camera=cams[0].model_dump(),
-        gt=gt,
-        fps=8.0,
-        prompt=caption,
-        train_dir="train",
-    ).write(art)
-    return art
 
 
 @pytest.fixture(scope="module")

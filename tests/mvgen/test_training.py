@@ -8,14 +8,13 @@ import torch
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 
-from stages.common.artifacts import RenderManifest, ViewSet
-from stages.common.cameras import OrbitCamera, fourdm_camera_vectors, save_cameras
+from stages.common.cameras import fourdm_camera_vectors
 from stages.common.config import load_config
 from stages.common.errors import StageError
-from stages.common.image_io import write_rgba
 from stages.mvgen.pipeline_fourdm import load_fourdm
 from stages.mvgen.training import TrainConfig, run
 from stages.mvgen.training.dataset import find_clip_sources, sample_clip
+from stages.mvgen.training.synthetic_ring import write_ring_artifact
 from stages.mvgen.training.train_fourdm import (
     _output_and_target,
     camera_gap,
@@ -32,40 +31,15 @@ RING, FRAMES = 8, 10
 
 def make_training_render(root: Path, subject: str = "obj") -> Path:
     """A render artifact whose train/ ring encodes (view, frame) in each image's colour."""
-    art = root / subject
-    files = []
-    for v in range(RING):
-        for f in range(FRAMES):
-            rgba = np.zeros((IMAGE_PX, IMAGE_PX, 4), np.uint8)
-            rgba[4:12, 4:12] = (20 * v, 20 * f, 100, 255)
-            rel = f"train/v{v:02d}/rgba_{f:05d}.png"
-            write_rgba(art / rel, rgba)
-            files.append(rel)
-    cams = [OrbitCamera.from_angles(v, -180.0 + 360.0 * v / RING, 0.0, 1.1, 45.0) for v in range(RING)]
-    save_cameras(art / "train" / "cameras.json", cams)
-    (art / "train" / "caption.txt").write_text("a square")
-    files += ["train/cameras.json", "train/caption.txt"]
-    gt = ViewSet(
-        num_views=RING,
-        num_frames=FRAMES,
-        size_px=IMAGE_PX,
-        frame_template="train/v{view:02d}/rgba_{frame:05d}.png",
-        cameras_file="train/cameras.json",
-        source_indices=list(range(FRAMES)),
+
+    def image(v: int, f: int) -> np.ndarray:
+        rgba = np.zeros((IMAGE_PX, IMAGE_PX, 4), np.uint8)
+        rgba[4:12, 4:12] = (20 * v, 20 * f, 100, 255)
+        return rgba
+
+    return write_ring_artifact(
+        root / subject, image, views=RING, frames=FRAMES, size_px=IMAGE_PX, caption="a square", code_version="test"
     )
-    RenderManifest(
-        subject=subject,
-        files=files,
-        config_sha256="0",
-        code_version="test",
-        input_dir="train/v00",
-        input_camera=cams[0].model_dump(),
-        gt=gt,
-        fps=8.0,
-        prompt="a square",
-        train_dir="train",
-    ).write(art)
-    return art
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from stages.common.errors import StageError
 from stages.common.image_io import write_rgba
 from stages.common.logs import progress
 from stages.common.tracking import Tracker, stage_run
-from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm, predicted_x0
+from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm, predicted_x0, prediction_type
 from stages.mvgen.training.config import TrainConfig
 from stages.mvgen.training.dataset import TrainSample, find_clip_sources, sample_clip
 
@@ -151,9 +151,7 @@ def _output_and_target(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The UNet's output for clips noised with `noise` (B, F, 5, C, h, w) at timesteps t (B,), its training target
     (the scheduler's prediction type: ε or v) and the noisy latents it was given, all (B, F, 5, C, h, w)."""
-    prediction = scheduler.config.prediction_type
-    if prediction not in ("epsilon", "v_prediction"):
-        raise StageError(f"scheduler prediction_type {prediction!r}: 4DM training supports epsilon and v_prediction")
+    prediction = prediction_type(scheduler)
     device = x0.device
     batch, frames = x0.shape[:2]
     latent = x0.shape[3:]
