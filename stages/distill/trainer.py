@@ -10,31 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from stages.common.cameras import OrbitCamera
-from stages.common.config import config_sha256
-from stages.common.errors import StageError
 from stages.common.logs import progress
 from stages.common.lpips import LPIPSVGG
+from stages.distill.anchor import AnchorTarget
+from stages.distill.backprop import build_backprop
+from stages.distill.builders import build_field, build_occupancy, build_optimizer, field_kwargs
 from stages.distill.cameras import Rays, camera_rays, sample_sds_views
-from stages.distill.config import DistillConfig, OptimizerConfig
+from stages.distill.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from stages.distill.config import DistillConfig
 from stages.distill.fields import DynamicNeRFField
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
 from stages.distill.host import to_device
-from stages.distill.losses import anchor_loss_terms, opaque_loss, orientation_loss, sparsity_loss
+from stages.distill.losses import anchor_loss_terms, opaque_loss, sparsity_loss
 from stages.distill.renderer import (
     DeferredRender,
-    OccupancyGrid,
     RaySamples,
     RenderOutput,
     composite,
@@ -55,83 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.safetensors"
-
-
-@dataclass
-class AnchorTarget:
-    """The anchor video (spec §5.2): frames (F, 3, H, W) in [0, 1] on white, seen from `camera`; optionally more
-    mvgen views used the same way (`cameras.extra_anchor_views`, ours): `extra_frames` (E, F, 3, H, W) seen from
-    `extra_cameras` (E)."""
-
-    frames: Tensor
-    camera: OrbitCamera
-    extra_frames: Tensor | None = None
-    extra_cameras: list[OrbitCamera] = dataclass_field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        count = 0 if self.extra_frames is None else self.extra_frames.shape[0]
-        if count != len(self.extra_cameras):
-            raise ValueError(f"AnchorTarget: {count} extra anchor videos but {len(self.extra_cameras)} cameras")
-        if self.extra_frames is not None and self.extra_frames.shape[1:] != self.frames.shape:
-            raise ValueError(
-                f"AnchorTarget: extra anchor videos {tuple(self.extra_frames.shape[1:])} differ from the anchor video "
-                f"{tuple(self.frames.shape)}"
-            )
-
-    @property
-    def cameras(self) -> list[OrbitCamera]:
-        return [self.camera, *self.extra_cameras]
-
-    def frame(self, index: int) -> Tensor:
-        """(1 + E, 3, H, W): frame `index` of the anchor video and of each extra one, in `cameras` order."""
-        first = self.frames[index : index + 1]
-        if self.extra_frames is None:
-            return first
-        return torch.cat([first, self.extra_frames[:, index]])
-
-
-def build_field(cfg: DistillConfig) -> DynamicNeRFField:
-    return DynamicNeRFField(**field_kwargs(cfg))
-
-
-def field_kwargs(cfg: DistillConfig) -> dict:
-    """The `DynamicNeRFField` constructor arguments of a config (what `field_config.json` stores)."""
-    f = cfg.field
-    return dict(
-        num_levels=f.num_levels,
-        features_per_level=f.features_per_level,
-        log2_hashmap_size=f.log2_hashmap_size,
-        base_resolution=f.base_resolution,
-        per_level_scale=f.per_level_scale,
-        hidden_dim=f.hidden_dim,
-        num_hidden_layers=f.num_hidden_layers,
-        blob_density=f.blob_density,
-        blob_radius=f.blob_radius,
-        bbox_radius=f.bbox_radius,
-        backend=f.backend,
-    )
-
-
-def build_optimizer(field: DynamicNeRFField, cfg: OptimizerConfig) -> torch.optim.AdamW:
-    """AdamW with the grids at `grid_lr` and the MLPs at `mlp_lr` (spec §5.4)."""
-    groups = [
-        {"params": field.grid_parameters(), "lr": cfg.grid_lr},
-        {"params": field.mlp_parameters(), "lr": cfg.mlp_lr},
-    ]
-    return torch.optim.AdamW(groups, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
-def build_occupancy(cfg: DistillConfig) -> OccupancyGrid:
-    r = cfg.renderer
-    return OccupancyGrid(
-        r.occupancy_resolution,
-        cfg.field.bbox_radius,
-        r.occupancy_ema_decay,
-        r.occupancy_threshold,
-        r.occupancy_warmup_steps,
-    )
 
 
 def metrics_to_floats(metrics: dict[str, Tensor | float]) -> dict[str, float]:
@@ -183,6 +103,8 @@ class Trainer:
         self.render_stats: dict[str, dict[str, int]] = {}
         """Per render kind ("sds", "orient", "anchor", "render"): rays, kept samples, candidates in occupied cells
         and candidates the pruning pass evaluated, of the last such render."""
+        self.backprop = build_backprop(config.renderer, self, self._phase)
+        """Direct or deferred back-propagation, chosen once (`stages.distill.backprop`)."""
         if guidance is not None and config.guidance.offload_encoders:
             guidance.offload_encoders()
 
@@ -282,30 +204,6 @@ class Trainer:
             sync()
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
-    def _backward_pixels(
-        self, render: DeferredRender, loss: Tensor, pixels: Tensor, opacity: Tensor | None, *, phase: str
-    ) -> bool:
-        """Deferred back-propagation: `loss` → gradients at the leaves `pixels` (N, 3) and `opacity` (N,), then
-        through the re-evaluated samples chunk by chunk into the field. Returns whether any gradient flowed."""
-        if not loss.requires_grad:
-            return False
-        with self._phase(f"{phase}_pixel_backward"):
-            loss.backward()
-        g_rgb = pixels.grad
-        g_opacity = opacity.grad if opacity is not None else None
-
-        def chunk_loss(out: RenderOutput, rays: slice) -> Tensor:
-            total = out.rgb.new_zeros(())
-            if g_rgb is not None:
-                total = total + (out.rgb * g_rgb[rays]).sum()
-            if g_opacity is not None:
-                total = total + (out.opacity * g_opacity[rays]).sum()
-            return total
-
-        with self._phase(f"{phase}_field_backward"):
-            render.backward(chunk_loss, chunk_samples=self.config.renderer.grad_chunk_samples)
-        return True
-
     # -- one iteration -------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
@@ -315,17 +213,15 @@ class Trainer:
     def step_tensors(self) -> dict[str, Tensor | float]:
         """One optimisation step; returns the logged terms as device tensors (no host sync for them).
 
-        `renderer.grad_chunk_samples` > 0 runs the deferred path: every render (SDS, orientation, anchor) is made
-        without autograd, its losses are back-propagated to its pixels, then into the field in chunks. The random
-        draws, the samples and the gradients are those of the direct path (within float tolerance).
+        Every render goes through `self.backprop`: direct, or deferred when `renderer.grad_chunk_samples` > 0 (the
+        same random draws, samples and gradients within float tolerance).
         """
         cfg, w, step = self.config, self.config.loss_weights, self.step
         cams = cfg.cameras
-        deferred = cfg.renderer.grad_chunk_samples > 0
         metrics: dict[str, Tensor | float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         terms: list[Tensor] = []  # weighted loss terms, in the order they are added to the total
-        stepped = False  # deferred path: has any gradient reached the field
+        stepped = False  # has any gradient reached the field
         # 1. Occupancy grid, shared over time.
         if step % cfg.renderer.occupancy_update_every_steps == 0:
             with self._phase("occupancy"):
@@ -341,18 +237,11 @@ class Trainer:
             fov_y_deg=cams.fov_y_deg,
         )
         with self._phase("sds_render"):
-            if deferred:
-                sds_render = self.render_deferred(
-                    views.cameras, self.times.tolist(), size, stratified=True, kind="sds"
-                )
-                assert sds_render.rgb is not None
-                pixels = sds_render.rgb.requires_grad_(True)  # leaves: the losses' gradients land here
-                opacity = sds_render.opacity.requires_grad_(True)
-            else:
-                out = self.render(views.cameras, self.times.tolist(), size, stratified=True, kind="sds")
-                pixels, opacity = out.rgb, out.opacity
+            sds_view = self.backprop.render(views.cameras, self.times.tolist(), size, kind="sds")
+        opacity = sds_view.opacity
         num_rays, num_samples = opacity.numel(), self.render_stats["sds"]["samples"]
-        rgb = pixels.reshape(self.num_frames, cams.num_views, size, size, 3).permute(0, 1, 4, 2, 3)  # (F, V, 3, H, W)
+        # (F·V·H·W, 3) → (F, V, 3, H, W)
+        rgb = sds_view.rgb.reshape(self.num_frames, cams.num_views, size, size, 3).permute(0, 1, 4, 2, 3)
         sds_terms: list[Tensor] = []
         # 3. 4D-aware SDS (eq. 10).
         with self._phase("guidance"):
@@ -381,45 +270,14 @@ class Trainer:
                 sds_terms.append(lam * term)
                 metrics["loss/opaque"] = term.detach()
             terms += sds_terms
-        if deferred and sds_terms:
-            pixel_loss = sds_terms[0]
-            for term in sds_terms[1:]:
-                pixel_loss = pixel_loss + term
-            stepped |= self._backward_pixels(sds_render, pixel_loss, pixels, opacity, phase="sds")
-            del sds_render, pixels, opacity, rgb, pixel_loss
+        stepped |= self.backprop.backward(sds_view, sds_terms, phase="sds")
+        del sds_view, opacity, rgb  # the deferred path's renders are done with
         # 5. Orientation of analytic normals: the same views at one random timestamp.
         if (lam := w.orient(step)) > 0:
             frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
             with self._phase("orient"):
-                if deferred:
-                    normals = self.render_deferred(
-                        views.cameras, [float(self.times[frame])], size, stratified=True, with_rgb=False, kind="orient"
-                    )
-                    count = (normals.opacity > 0).sum().clamp(min=1)
-                    parts: list[Tensor] = []
-
-                    def orient_chunk(out: RenderOutput, rays: slice) -> Tensor:
-                        assert out.orient is not None
-                        part = out.orient.sum() / count
-                        parts.append(part.detach())
-                        return lam * part
-
-                    normals.backward(orient_chunk, chunk_samples=cfg.renderer.orient_chunk_samples, with_orient=True)
-                    term = torch.stack(parts).sum() if parts else normals.opacity.new_zeros(())
-                    stepped |= bool(parts)
-                    del normals
-                else:
-                    normal_pass = self.render(
-                        views.cameras,
-                        [float(self.times[frame])],
-                        size,
-                        stratified=True,
-                        with_orient=True,
-                        with_rgb=False,
-                        kind="orient",
-                    )
-                    assert normal_pass.orient is not None
-                    term = orientation_loss(normal_pass.orient, normal_pass.opacity)
+                term, reached = self.backprop.orientation(views.cameras, [float(self.times[frame])], size, lam)
+                stepped |= reached
                 terms.append(lam * term)
                 metrics["loss/orient"] = term.detach()
         # 6. Anchor loss (eq. 11, plus the optional pixel L1): the anchor view (and any extra anchor views) at one
@@ -429,15 +287,8 @@ class Trainer:
             with self._phase("anchor"):
                 target = to_device(self.anchor.frame(frame), self.device)  # (A, 3, H, W)
                 num_a, size_a = target.shape[0], target.shape[-1]
-                time_a = [float(self.times[frame])]
-                if deferred:
-                    cams_a = self.anchor.cameras
-                    a_render = self.render_deferred(cams_a, time_a, size_a, stratified=True, kind="anchor")
-                    assert a_render.rgb is not None
-                    a_pixels = a_render.rgb.requires_grad_(True)
-                else:
-                    a_pixels = self.render(self.anchor.cameras, time_a, size_a, stratified=True, kind="anchor").rgb
-                render = a_pixels.reshape(num_a, size_a, size_a, 3).permute(0, 3, 1, 2)  # (A, 3, H, W)
+                a_view = self.backprop.render(self.anchor.cameras, [float(self.times[frame])], size_a, kind="anchor")
+                render = a_view.rgb.reshape(num_a, size_a, size_a, 3).permute(0, 3, 1, 2)  # (A, 3, H, W)
                 term, parts_a = anchor_loss_terms(
                     render,
                     target,
@@ -451,17 +302,14 @@ class Trainer:
                 with torch.no_grad():
                     mse = (render - target).pow(2).mean().clamp(min=1e-10)
                     metrics["psnr/anchor"] = -10.0 * torch.log10(mse)
-            if deferred:
-                stepped |= self._backward_pixels(a_render, term, a_pixels, None, phase="anchor")
-                del a_render, a_pixels, render
+            stepped |= self.backprop.backward(a_view, [term], phase="anchor")
+            del a_view, render
         # 7. Step.
         total = torch.zeros((), device=self.device)
         for term in terms:
             total = total + term
         with self._phase("backward_step"):
-            if not deferred and total.requires_grad:
-                total.backward()
-                stepped = True
+            stepped |= self.backprop.finish(total)
             if stepped:
                 self.optimizer.step()
         self.step += 1
@@ -502,59 +350,10 @@ class Trainer:
                 self.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
         return metrics_to_floats(metrics)
 
-    # -- checkpoints ---------------------------------------------------------------------------------------
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        """Everything a resume needs, as a flat name → tensor mapping (safetensors, no pickles)."""
-        state = {f"field.{k}": v for k, v in self.field.state_dict().items()}
-        state.update({f"occupancy.{k}": v for k, v in self.occupancy.state_dict().items()})
-        for index, param_state in self.optimizer.state_dict()["state"].items():
-            for key, value in param_state.items():
-                state[f"optimizer.{index}.{key}"] = value.reshape(-1) if value.ndim == 0 else value
-        state["rng.cpu"] = self.generator.get_state()
-        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    # -- checkpoints (stages.distill.checkpoint) ---------------------------------------------------------
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        meta = {"step": str(self.step), "format": "fourd.distill.ckpt/v1", "config_sha256": config_sha256(self.config)}
-        save_file(self.state_tensors(), str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        save_checkpoint(self, path)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore a `save_checkpoint` file into this trainer (same config).
-
-        Raises:
-            StageError: the file is unreadable or was written for another field layout.
-        """
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as fh:
-                meta = fh.metadata() or {}
-            state = load_file(str(path))
-        except Exception as err:  # noqa: BLE001 - any reader failure means the same to the user
-            raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-        if meta.get("format") != "fourd.distill.ckpt/v1":
-            raise StageError(f"{path}: not a distill checkpoint")
-        if meta.get("config_sha256") != config_sha256(self.config):
-            raise StageError(f"{path}: written with another config; use a fresh --checkpoint folder to start over")
-        field_state = {k[len("field.") :]: v for k, v in state.items() if k.startswith("field.")}
-        try:
-            self.field.load_state_dict(field_state)
-        except RuntimeError as err:
-            raise StageError(f"{path}: checkpoint does not match the configured field ({err})") from None
-        self.occupancy.load_state_dict(
-            {k[len("occupancy.") :]: v for k, v in state.items() if k.startswith("occupancy.")}
-        )
-        template = self.optimizer.state_dict()
-        params: dict[int, dict[str, Tensor]] = {}
-        for key, value in state.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                params.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
-        self.optimizer.load_state_dict({"state": params, "param_groups": template["param_groups"]})
-        self.generator.set_state(state["rng.cpu"])
-        self.step = int(meta["step"])
+        load_checkpoint(self, path)

@@ -128,7 +128,7 @@ def test_sds_views_are_orthogonal_with_a_shared_elevation():
 
 def _whole_box_march(rays, occupancy, step_size, generator):
     """The plain march every step of the box diagonal (the reference the bounded march must reproduce)."""
-    from stages.distill.renderer import _ray_box
+    from stages.distill.renderer.marching import _ray_box
 
     near, far = _ray_box(rays, occupancy.bbox_radius)
     if generator is not None:
@@ -143,7 +143,7 @@ def _whole_box_march(rays, occupancy, step_size, generator):
 
 
 def test_march_bounded_by_the_occupied_cells_keeps_exactly_the_whole_box_samples():
-    from stages.distill.renderer import _march
+    from stages.distill.renderer.marching import _march
 
     torch.manual_seed(3)
     camera = OrbitCamera.from_angles(0, 30.0, 15.0, 2.0, 50.0)

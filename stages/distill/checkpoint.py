@@ -1,0 +1,95 @@
+"""Atomic, resumable checkpoints of the distill trainer: field, occupancy grid, optimiser state, generator, step.
+
+One safetensors file (no pickles): a resume restores every random draw's source, so the run continues bit for bit
+as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from stages.common.config import config_sha256
+from stages.common.errors import StageError
+from stages.distill.config import DistillConfig
+from stages.distill.fields import DynamicNeRFField
+from stages.distill.renderer import OccupancyGrid
+
+__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "Resumable", "state_tensors", "save_checkpoint", "load_checkpoint"]
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "fourd.distill.ckpt/v1"
+
+
+class Resumable(Protocol):
+    """What a checkpoint holds (`Trainer`)."""
+
+    config: DistillConfig
+    field: DynamicNeRFField
+    occupancy: OccupancyGrid
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int
+
+
+def state_tensors(trainer: Resumable) -> dict[str, Tensor]:
+    """Everything a resume needs, as a flat name → tensor mapping (safetensors, no pickles)."""
+    state = {f"field.{k}": v for k, v in trainer.field.state_dict().items()}
+    state.update({f"occupancy.{k}": v for k, v in trainer.occupancy.state_dict().items()})
+    for index, param_state in trainer.optimizer.state_dict()["state"].items():
+        for key, value in param_state.items():
+            state[f"optimizer.{index}.{key}"] = value.reshape(-1) if value.ndim == 0 else value
+    state["rng.cpu"] = trainer.generator.get_state()
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(trainer: Resumable, path: Path) -> None:
+    """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    meta = {"step": str(trainer.step), "format": CHECKPOINT_FORMAT, "config_sha256": config_sha256(trainer.config)}
+    save_file(state_tensors(trainer), str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(trainer: Resumable, path: Path) -> None:
+    """Restore a `save_checkpoint` file into `trainer` (same config).
+
+    Raises:
+        StageError: the file is unreadable or was written for another field layout.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - any reader failure means the same to the user
+        raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise StageError(f"{path}: not a distill checkpoint")
+    if meta.get("config_sha256") != config_sha256(trainer.config):
+        raise StageError(f"{path}: written with another config; use a fresh --checkpoint folder to start over")
+    field_state = {k[len("field.") :]: v for k, v in state.items() if k.startswith("field.")}
+    try:
+        trainer.field.load_state_dict(field_state)
+    except RuntimeError as err:
+        raise StageError(f"{path}: checkpoint does not match the configured field ({err})") from None
+    trainer.occupancy.load_state_dict(
+        {k[len("occupancy.") :]: v for k, v in state.items() if k.startswith("occupancy.")}
+    )
+    template = trainer.optimizer.state_dict()
+    params: dict[int, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            params.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+    trainer.optimizer.load_state_dict({"state": params, "param_groups": template["param_groups"]})
+    trainer.generator.set_state(state["rng.cpu"])
+    trainer.step = int(meta["step"])
