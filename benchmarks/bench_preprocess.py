@@ -21,9 +21,8 @@ import cv2
 import numpy as np
 
 from stages.common.config import load_config
-from stages.preprocess import PreprocessConfig
+from stages.preprocess import PreprocessConfig, run
 from stages.preprocess.matting import matte_frames
-from stages.preprocess.run import run
 from stages.preprocess.video_io import probe_source, read_frames, select_indices
 
 

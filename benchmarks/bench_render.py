@@ -22,9 +22,8 @@ import bpy
 
 from stages.common.cameras import orbit_c2w
 from stages.common.config import load_config
-from stages.render import RenderConfig
+from stages.render import RenderConfig, run
 from stages.render.framing import FORWARD_YAW_DEG, framing_radius, normalisation_matrix
-from stages.render.run import run
 from stages.render.scene import BlenderScene
 
 

@@ -52,7 +52,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from stages.common.cameras import OrbitCamera  # noqa: E402
-from stages.common.config import load_config  # noqa: E402
+from stages.common.config import load_config, load_runtime  # noqa: E402
 from stages.common.lpips import LPIPSVGG  # noqa: E402
 from stages.distill.cameras import sample_sds_views  # noqa: E402
 from stages.distill.config import DistillConfig  # noqa: E402
@@ -196,11 +196,11 @@ def render_floor(trainer: Trainer, size: int, clock: Clock, repeats: int) -> dic
     times = trainer.times.tolist()
 
     def forward_backward() -> None:
-        if cfg.renderer.grad_chunk_samples > 0:
+        if cfg.runtime.grad_chunk_samples > 0:
             out = trainer.render_deferred(views.cameras, times, size, stratified=True, kind="floor")
             out.backward(
                 lambda o, sl: (o.rgb * g_rgb[sl]).sum() + (o.opacity * g_opacity[sl]).sum(),
-                chunk_samples=cfg.renderer.grad_chunk_samples,
+                chunk_samples=cfg.runtime.grad_chunk_samples,
             )
         else:
             out = trainer.render(views.cameras, times, size, stratified=True, kind="floor")
@@ -320,22 +320,21 @@ def kernel_profile(trainer: Trainer, clock: Clock, top: int = 30) -> dict:
 
 def variant_config(base: DistillConfig, args, grad_chunk: int, vae_chunk: int) -> DistillConfig:
     field = base.field.model_copy(update={"backend": args.backend} if args.backend else {})
-    guidance = base.guidance.model_copy(
-        update={"vae_chunk": vae_chunk, **({"dtype": args.guidance_dtype} if args.guidance_dtype else {})}
-    )
-    renderer = base.renderer.model_copy(update={"grad_chunk_samples": grad_chunk})
-    return base.model_copy(update={"field": field, "guidance": guidance, "renderer": renderer})
+    guidance = base.guidance.model_copy(update={"dtype": args.guidance_dtype} if args.guidance_dtype else {})
+    runtime = base.runtime.model_copy(update={"grad_chunk_samples": grad_chunk, "vae_chunk": vae_chunk})
+    return base.model_copy(update={"field": field, "guidance": guidance, "runtime": runtime})
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="distill config (configs/distill.yaml)")
+    parser.add_argument("--runtime", type=Path, default=None, help="run-time file (configs/runtime.yaml)")
     parser.add_argument("--backend", choices=["torch", "tcnn", "triton"], help="override field.backend")
     parser.add_argument("--guidance-dtype", choices=sorted(DTYPES), help="override guidance.dtype")
     parser.add_argument(
-        "--grad-chunk-samples", type=int, nargs="+", help="renderer.grad_chunk_samples values (0 = direct path)"
+        "--grad-chunk-samples", type=int, nargs="+", help="runtime.grad_chunk_samples values (0 = direct path)"
     )
-    parser.add_argument("--vae-chunk", type=int, nargs="+", help="guidance.vae_chunk values (0 = one graph)")
+    parser.add_argument("--vae-chunk", type=int, nargs="+", help="runtime.vae_chunk values (0 = one graph)")
     parser.add_argument("--late-field", choices=["sphere", "blob"], default="sphere")
     parser.add_argument("--late-density", type=float, default=200.0, help="sphere: blob density bias λ (sharpness)")
     parser.add_argument("--late-radius", type=float, default=0.35, help="sphere: radius, world units")
@@ -349,11 +348,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (tests only)")
     args = parser.parse_args(argv)
     config_path = args.config or REPO / ("configs/tiny/distill.yaml" if args.smoke else "configs/distill.yaml")
+    runtime_path = args.runtime or REPO / ("configs/tiny/runtime.yaml" if args.smoke else "configs/runtime.yaml")
     base = load_config(DistillConfig, config_path)
+    base = base.model_copy(update={"runtime": load_runtime(DistillConfig, runtime_path, "distill")})
     device = torch.device("cpu" if args.smoke else "cuda")
     clock = Clock(device)
-    grad_chunks = args.grad_chunk_samples or [base.renderer.grad_chunk_samples]
-    vae_chunks = args.vae_chunk or [base.guidance.vae_chunk]
+    grad_chunks = args.grad_chunk_samples or [base.runtime.grad_chunk_samples]
+    vae_chunks = args.vae_chunk or [base.runtime.vae_chunk]
     dtype_name = args.guidance_dtype or base.guidance.dtype
     result: dict = {
         **environment(device),
@@ -401,8 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
         variant: dict = {
             "grad_chunk_samples": grad_chunk,
             "vae_chunk": vae_chunk,
-            "early_stop_block": cfg.renderer.early_stop_block,
-            "offload_encoders": cfg.guidance.offload_encoders,
+            "early_stop_block": cfg.runtime.early_stop_block,
+            "offload_encoders": cfg.runtime.offload_encoders,
             "field_parameters": sum(p.numel() for p in field.parameters()),
         }
         variant["start_64px"] = run_phase(trainer, "start_64px", 0, args, clock)

@@ -5,7 +5,7 @@
 The orientation term (spec §5, λ3) needs the analytic normals −∇σ/‖∇σ‖ and their gradient w.r.t. the field's
 parameters: a double backward through the density network and both hash grids. On the deferred path the trainer
 renders the 4 SDS views at one random timestamp without autograd (march, pruning pass, composite), then re-evaluates
-the kept samples with autograd in chunks of `renderer.orient_chunk_samples` (`DeferredRender.backward`,
+the kept samples with autograd in chunks of `runtime.orient_chunk_samples` (`DeferredRender.backward`,
 `with_orient=True`). This script times, on the late-training stand-in field of `benchmarks/distill_step.py` (opaque
 sphere, occupancy rebuilt) at the last SDS resolution:
 
@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.distill_step import Clock, environment, make_late_field  # noqa: E402
 from stages.common.cameras import OrbitCamera  # noqa: E402
-from stages.common.config import load_config  # noqa: E402
+from stages.common.config import load_config, load_runtime  # noqa: E402
 from stages.distill.cameras import sample_sds_views  # noqa: E402
 from stages.distill.config import DistillConfig  # noqa: E402
 from stages.distill.fields import hash_grid_triton as ht  # noqa: E402
@@ -58,6 +58,7 @@ def build_trainer(cfg: DistillConfig, device: torch.device, smoke: bool) -> Trai
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="distill config (configs/distill.yaml)")
+    parser.add_argument("--runtime", type=Path, default=None, help="run-time file (configs/runtime.yaml)")
     parser.add_argument("--backend", choices=["torch", "tcnn", "triton"], help="override field.backend")
     parser.add_argument("--chunks", type=int, nargs="+", default=None, help="orient_chunk_samples values")
     parser.add_argument("--size", type=int, default=None, help="render side (default: the last SDS resolution)")
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny grids on the CPU (tests only)")
     args = parser.parse_args(argv)
     config_path = args.config or REPO / ("configs/tiny/distill.yaml" if args.smoke else "configs/distill.yaml")
+    runtime_path = args.runtime or REPO / ("configs/tiny/runtime.yaml" if args.smoke else "configs/runtime.yaml")
     cfg = load_config(DistillConfig, config_path)
+    cfg = cfg.model_copy(update={"runtime": load_runtime(DistillConfig, runtime_path, "distill")})
     if args.backend:
         cfg = cfg.model_copy(update={"field": cfg.field.model_copy(update={"backend": args.backend})})
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = build_trainer(cfg, device, args.smoke)
     late = make_late_field(trainer, args.late_field, 200.0, 0.35)
     size = args.size or cfg.sds_resolution(max(cfg.sds_resolution.milestones, default=0) + 1)
-    chunks = args.chunks or [cfg.renderer.orient_chunk_samples]
+    chunks = args.chunks or [cfg.runtime.orient_chunk_samples]
     views = sample_sds_views(
         torch.Generator().manual_seed(3),
         num_views=cfg.cameras.num_views,

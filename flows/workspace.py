@@ -36,6 +36,8 @@ from pathlib import Path
 import yaml
 
 from flows import STAGE_ORDER
+from stages.common.config import load_config_data
+from stages.common.errors import StageError
 
 __all__ = [
     "DEFAULT_CONFIG_SET",
@@ -177,6 +179,15 @@ def config_set_files(repo: Path, config_set: str) -> dict[str, Path]:
     return {s: folder / f"{s}.yaml" for s in STAGE_ORDER if (folder / f"{s}.yaml").is_file()}
 
 
+def _merged_config(path: Path) -> bytes:
+    """A set's config file merged onto its base (stages.common.config), as the plain YAML a stage reads."""
+    try:
+        data = load_config_data(path)
+    except StageError as err:
+        raise WorkspaceError(str(err)) from None
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
+
+
 def _visible_files(repo: Path) -> list[str]:
     """Files git tracks or would track (ignored ones, e.g. data outputs, weights, venvs, excluded)."""
     out = subprocess.run(
@@ -228,14 +239,22 @@ def prepare_workspace(repo: Path, config_set: str) -> Path:
         copied = [f for f in _visible_files(repo) if f != "dvc.lock" and not f.startswith(f"{WORKSPACES_DIR}/")]
         for rel in sorted(previous - set(copied)):
             (ws / rel).unlink(missing_ok=True)
-        # The set's files go straight to configs/<stage>.yaml: a file a stage of another subject may be reading
-        # right now is written only when its content changes, never first with the committed config.
-        sources = {rel: repo / rel for rel in copied} | {f"configs/{s}.yaml": src for s, src in files.items()}
+        # The set's files, merged onto their bases, go straight to configs/<stage>.yaml (its run-time file to
+        # configs/runtime.yaml): a file a stage of another subject may be reading right now is written only when its
+        # content changes, never first with the committed config.
+        sources: dict[str, Path | bytes] = {rel: repo / rel for rel in copied}
+        sources |= {f"configs/{s}.yaml": _merged_config(src) for s, src in files.items()}
+        if (repo / "configs" / config_set / "runtime.yaml").is_file():
+            sources["configs/runtime.yaml"] = repo / "configs" / config_set / "runtime.yaml"
         for rel, src in sources.items():
             dst = ws / rel
-            if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+            data = src if isinstance(src, bytes) else src.read_bytes()
+            if not dst.is_file() or dst.read_bytes() != data:
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
+                if isinstance(src, bytes):
+                    dst.write_bytes(src)
+                else:
+                    shutil.copy2(src, dst)
         kept = [s for s in STAGE_ORDER if s not in files and (repo / "configs" / f"{s}.yaml").is_file()]
         if kept:
             log.info("config set %s has no file for %s: they run with configs/<stage>.yaml", config_set, kept)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="asset file names to render (default: all)")
     a = p.parse_args(argv)
     setup_logging()
-    from stages.render.run import render_asset  # bpy from here on
+    from stages.render import render_asset  # bpy from here on
     from stages.render.scene import BlenderScene
 
     base = load_config(RenderConfig, a.config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from flows import STAGE_ORDER
-from stages.common.config import StageConfig, load_config
+from stages.common.config import RUNTIME_FIELD, StageConfig, config_layers, load_config, load_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_DIRS = sorted(p for p in (REPO / "stages").iterdir() if p.is_dir() and p.name not in ("common", "__pycache__"))
@@ -57,16 +58,56 @@ def test_stage_has_config_readme_cli_and_run(stage):
     module = importlib.import_module(f"stages.{stage}")
     assert callable(module.run)
     cls = config_class(stage)
-    for cfg in (REPO / "configs" / f"{stage}.yaml", REPO / "configs" / "tiny" / f"{stage}.yaml"):
-        load_config(cls, cfg)  # validates: unknown keys or wrong types fail here
-        # Every field is spelled out in the YAML, so `dvc params diff` shows every change.
-        assert set(yaml.safe_load(cfg.read_text())) == set(cls.model_fields), cfg
+    base = REPO / "configs" / f"{stage}.yaml"
+    load_config(cls, base)  # validates: unknown keys or wrong types fail here
+    # The paper's file spells out every field but the run-time knobs, so `dvc params diff` shows every change.
+    assert set(yaml.safe_load(base.read_text())) == set(cls.model_fields) - {RUNTIME_FIELD}, base
+    assert (REPO / "configs" / "tiny" / f"{stage}.yaml").is_file()
     main = (d / "__main__.py").read_text()
     assert "cli_main(run" in main and len(main.splitlines()) <= 15
     readme = (d / "README.md").read_text()
     for section in ("## Inputs", "## Outputs", "## CLI", "**Paper:**"):
         assert section in readme, (stage, section)
     assert len(readme.splitlines()) <= 50
+
+
+CONFIG_SETS = sorted(p.name for p in (REPO / "configs").iterdir() if p.is_dir())
+SET_FILES = [
+    f"{s}/{stage}" for s in CONFIG_SETS for stage in IMPLEMENTED if (REPO / "configs" / s / f"{stage}.yaml").is_file()
+]
+
+
+def leaves(data: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        out |= leaves(value, f"{prefix}.{key}" if prefix else key)
+    return out
+
+
+def test_every_config_set_has_a_run_time_file():
+    assert CONFIG_SETS and {"tiny", "demo", "demo-gpu"} <= set(CONFIG_SETS)
+    for folder in ("", *CONFIG_SETS):
+        path = REPO / "configs" / folder / "runtime.yaml"
+        sections = yaml.safe_load(path.read_text()) or {}
+        assert set(sections) <= set(IMPLEMENTED), path
+        for stage in sections:
+            load_runtime(config_class(stage), path, stage)  # validates
+
+
+@pytest.mark.parametrize("name", SET_FILES)
+def test_config_set_files_are_overlays_holding_only_their_changes(name):
+    """configs/<set>/<stage>.yaml names the paper's file as its base and holds only keys whose value differs."""
+    set_name, stage = name.split("/")
+    path = REPO / "configs" / set_name / f"{stage}.yaml"
+    load_config(config_class(stage), path)  # the merged config validates
+    assert config_layers(path) == [Path(os.path.normpath(REPO / "configs" / f"{stage}.yaml")), path]
+    overlay = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "base"}
+    assert overlay and RUNTIME_FIELD not in overlay, "memory/speed knobs go in the set's runtime.yaml"
+    base = leaves(yaml.safe_load((REPO / "configs" / f"{stage}.yaml").read_text()))
+    for key, value in leaves(overlay).items():
+        assert base[key] != value, f"{path}: {key} repeats the base value {value!r}"
 
 
 def documented_fields(cls: type[BaseModel]):
@@ -111,6 +152,10 @@ def test_dvc_stage_wiring(stage):
     assert f"stages/{stage}" in do["deps"] and "stages/common" in do["deps"]
     assert do["params"] == [{f"configs/{stage}.yaml": None}]
     assert do["outs"] == [f"data/{stage}/${{key}}"]
+    # Memory/speed knobs come from the run-time file, which DVC does not track: changing one reruns nothing.
+    assert "runtime.yaml" not in " ".join(map(str, do["deps"]))
+    if RUNTIME_FIELD in config_class(stage).model_fields:
+        assert "--runtime configs/runtime.yaml" in " ".join(do["cmd"].split())
 
 
 def test_params_subjects_point_at_inputs():
@@ -132,7 +177,8 @@ def imports_of(path: Path) -> set[str]:
 
 
 def test_import_boundaries_follow_the_data_dag():
-    """common imports no stage; nothing imports eval; only distill imports mvgen, through its __init__."""
+    """common imports no stage; nothing imports eval; only distill imports mvgen, through its __init__; flows use
+    stage packages and stages.common."""
     for path in (REPO / "stages").rglob("*.py"):
         owner = path.relative_to(REPO / "stages").parts[0]
         for name in imports_of(path):
@@ -144,5 +190,8 @@ def test_import_boundaries_follow_the_data_dag():
             assert owner != "common", f"{path}: stages.common must not import {name}"
             assert target != "eval", f"{path}: nothing imports stages.eval"
             assert owner == "distill" and name == "stages.mvgen", f"{path} imports {name}"
+    # flows use a stage's public package (stages.<stage>) and the shared contracts (stages.common.*) only.
     for path in (REPO / "flows").rglob("*.py"):
-        assert not any(n.startswith("stages.") and n.count(".") > 1 for n in imports_of(path)), path
+        for name in imports_of(path):
+            if name.startswith("stages.") and not name.startswith("stages.common."):
+                assert name.count(".") == 1, f"{path} imports {name}"

@@ -1,10 +1,13 @@
 """`cli_main`: the one CLI every stage shares (house style §8.3).
 
-    python -m stages.<stage> --config configs/<stage>.yaml --input … --output … [--<field> value …]
+    python -m stages.<stage> --config configs/<stage>.yaml [--runtime configs/runtime.yaml] --input … --output …
+        [--<field> value …]
 
 The path flags come from the keyword-only parameters of the stage's `run` (`input_path` → `--input`,
 `output_dir` → `--output`, `weights_dir` → `--weights`, `subject` → `--subject`); every other flag is a
-config field (tyro, with the YAML config as the default). Bad input exits 1 with one `error:` line.
+config field (tyro, with the YAML config as the default). `--runtime` (stages whose config has a `runtime`
+section) reads the memory/speed knobs from a run-time file's `<stage>:` section (stages.common.config). Bad input
+exits 1 with one `error:` line.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import tyro
 from pydantic import ValidationError
 
-from stages.common.config import StageConfig, format_validation_error, load_config
+from stages.common.config import RUNTIME_FIELD, StageConfig, format_validation_error, load_config, load_runtime
 from stages.common.errors import StageError
 from stages.common.logs import setup_logging
 
@@ -88,6 +91,9 @@ def cli_main(
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
+    has_runtime = RUNTIME_FIELD in config_cls.model_fields
+    if has_runtime:
+        pre.add_argument("--runtime", type=Path, default=None)
     for name, _, _ in params:
         pre.add_argument(_flag(name), dest=name, default=None)
     known, rest = pre.parse_known_args(argv)
@@ -97,6 +103,8 @@ def cli_main(
         "",
         f"  --config PATH   YAML config ({config_cls.__name__}); flags below override its values",
     ]
+    if has_runtime:
+        lines.append(f"  --runtime PATH  its `{stage}:` section sets the memory/speed knobs `runtime.*`")
     for name, kind, required in params:
         metavar = "PATH" if kind is Path else "TEXT"
         need = "required" if required else "optional"
@@ -109,6 +117,10 @@ def cli_main(
 
     try:
         config = load_config(config_cls, known.config) if known.config else config_cls()
+        if has_runtime and known.runtime is not None:
+            # The section is named after the stage the config class belongs to (stages.<stage>.config).
+            runtime = load_runtime(config_cls, known.runtime, config_cls.__module__.split(".")[1])
+            config = config.model_copy(update={RUNTIME_FIELD: runtime})
         try:
             config = tyro.cli(config_cls, default=config, args=rest, prog=prog, description=description)
         except ValidationError as err:

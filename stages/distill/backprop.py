@@ -1,6 +1,6 @@
 """How a training step's renders pass their gradients to the field: directly, or deferred chunk by chunk.
 
-The strategy is chosen once per trainer (`build_backprop`: `renderer.grad_chunk_samples` 0 is direct), so every
+The strategy is chosen once per trainer (`build_backprop`: `runtime.grad_chunk_samples` 0 is direct), so every
 training phase is written once against the `Backprop` interface:
 
     view = backprop.render(cameras, times, size, kind="sds")   # view.rgb (N, 3), view.opacity (N,)
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from stages.common.cameras import OrbitCamera
-from stages.distill.config import RendererConfig
+from stages.distill.config import DistillRuntime
 from stages.distill.losses import orientation_loss
 from stages.distill.renderer import DeferredRender, RenderOutput
 
@@ -138,8 +138,8 @@ class DeferredBackprop:
 
     Args:
         renders: the trainer.
-        chunk_samples: samples per autograd chunk of the colour renders (`renderer.grad_chunk_samples`).
-        orient_chunk_samples: samples per chunk of the orientation pass (`renderer.orient_chunk_samples`).
+        chunk_samples: samples per autograd chunk of the colour renders (`runtime.grad_chunk_samples`).
+        orient_chunk_samples: samples per chunk of the orientation pass (`runtime.orient_chunk_samples`).
         timer: times the pixel and field backward passes.
     """
 
@@ -202,13 +202,13 @@ class DeferredBackprop:
         return False  # every phase's gradients reached the field in `backward` / `orientation`
 
 
-def build_backprop(renderer: RendererConfig, renders: Renders, timer: PhaseTimer) -> Backprop:
-    """Deferred when `renderer.grad_chunk_samples` > 0, else direct."""
-    if renderer.grad_chunk_samples > 0:
+def build_backprop(runtime: DistillRuntime, renders: Renders, timer: PhaseTimer) -> Backprop:
+    """Deferred when `runtime.grad_chunk_samples` > 0, else direct."""
+    if runtime.grad_chunk_samples > 0:
         return DeferredBackprop(
             renders,
-            chunk_samples=renderer.grad_chunk_samples,
-            orient_chunk_samples=renderer.orient_chunk_samples,
+            chunk_samples=runtime.grad_chunk_samples,
+            orient_chunk_samples=runtime.orient_chunk_samples,
             timer=timer,
         )
     return DirectBackprop(renders)

@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import Field
 
 from stages.common.config import StageConfig, SubConfig
-from stages.distill.guidance import OFFICIAL_SDS_NEGATIVE_PROMPT
 from stages.distill.schedules import LinearSchedule, ResolutionSchedule
 
 __all__ = [
@@ -19,7 +18,16 @@ __all__ = [
     "LossWeights",
     "OptimizerConfig",
     "MeshConfig",
+    "DistillRuntime",
+    "OFFICIAL_SDS_NEGATIVE_PROMPT",
 ]
+
+OFFICIAL_SDS_NEGATIVE_PROMPT = (
+    "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, cropped, "
+    "lowres, low quality, artifacts, duplicate, morbid, mutilated, poorly drawn face, deformed, dehydrated, "
+    "bad proportions"
+)
+"""The negative prompt of 4Diffusion's SDS guidance (spec §5.1), which differs from the sampling demo's."""
 
 
 class FieldConfig(SubConfig):
@@ -69,22 +77,6 @@ class RendererConfig(SubConfig):
     """A cell is occupied above min(this, mean occupancy); occupancy = density × step (0.01)."""
     occupancy_warmup_steps: int = Field(256, ge=0)
     """Before this step every cell is re-evaluated at each update (256)."""
-    march_chunk: int = Field(1 << 22, ge=1024)
-    """Candidate samples generated at a time by the no-grad march (memory only, no effect on results)."""
-    eval_chunk: int = Field(1 << 21, ge=1024)
-    """Points per no-grad field evaluation (pruning pass, deferred renders): memory only, no effect on results."""
-    early_stop_block: int = Field(16, ge=0)
-    """The pruning pass evaluates each ray's candidates this many at a time and stops at a ray whose transmittance
-    fell below early_stop_eps; 0 evaluates every candidate (the reference). Same kept samples either way, less work
-    for opaque fields."""
-    grad_chunk_samples: int = Field(0, ge=0)
-    """0: render with autograd and back-propagate once (the reference; memory grows with the samples). > 0: deferred
-    back-propagation: render without autograd, take the losses' gradients w.r.t. the pixels, then re-evaluate the
-    same samples with autograd in chunks of whole rays of about this many samples and back-propagate chunk by chunk
-    (same gradients within float tolerance; bounded memory; one extra colour-MLP pass)."""
-    orient_chunk_samples: int = Field(1 << 17, ge=1)
-    """Chunk size of the orientation pass on the deferred path: its double backward through the grids keeps far more
-    per sample (torch grids: ~38 KB against ~5 KB), so its chunks are smaller."""
 
 
 class CameraConfig(SubConfig):
@@ -127,14 +119,6 @@ class GuidanceConfig(SubConfig):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Precision of 4DM (UNet, VAE, encoders). The official run keeps fp32 weights under fp16 autocast; half
     precision here is an explicit speed/memory option."""
-    vae_chunk: int = Field(0, ge=0)
-    """0: the VAE encoder keeps one autograd graph for all F·V renders until the SDS loss is back-propagated (its
-    activations: ~0.9 GiB per 256² image in fp32, half in 16 bit). > 0: encode without autograd, then re-encode
-    this many renders at a time with autograd for the backward (same gradients within float tolerance; memory of
-    one chunk; one extra encoder forward)."""
-    offload_encoders: bool = False
-    """Move 4DM's text and image encoders to the CPU once the conditioning is encoded (frees ~4 GiB of GPU memory
-    in fp32; no effect on results)."""
 
 
 class LossWeights(SubConfig):
@@ -186,6 +170,38 @@ class MeshConfig(SubConfig):
     """Density (per world unit) of the surface (threestudio's NeRF default 25; lower it if the mesh has holes)."""
 
 
+class DistillRuntime(SubConfig):
+    """How the stage runs, not what it computes: memory and speed knobs with the same results (exact, or within
+    float tolerance where sums run in another order; each is parity-tested, performance.md). Not DVC params: they
+    come from a run-time file (`--runtime configs/runtime.yaml`, section `distill:`) and stay out of
+    `config_sha256`, so changing one neither reruns the stage nor invalidates its checkpoint."""
+
+    march_chunk: int = Field(1 << 22, ge=1024)
+    """Candidate samples generated at a time by the no-grad march (memory only, no effect on results)."""
+    eval_chunk: int = Field(1 << 21, ge=1024)
+    """Points per no-grad field evaluation (pruning pass, deferred renders): memory only, no effect on results."""
+    early_stop_block: int = Field(16, ge=0)
+    """The pruning pass evaluates each ray's candidates this many at a time and stops at a ray whose transmittance
+    fell below early_stop_eps; 0 evaluates every candidate (the reference). Same kept samples either way, less work
+    for opaque fields."""
+    grad_chunk_samples: int = Field(0, ge=0)
+    """0: render with autograd and back-propagate once (the reference; memory grows with the samples). > 0: deferred
+    back-propagation: render without autograd, take the losses' gradients w.r.t. the pixels, then re-evaluate the
+    same samples with autograd in chunks of whole rays of about this many samples and back-propagate chunk by chunk
+    (same gradients within float tolerance; bounded memory; one extra colour-MLP pass)."""
+    orient_chunk_samples: int = Field(1 << 17, ge=1)
+    """Chunk size of the orientation pass on the deferred path: its double backward through the grids keeps far more
+    per sample (torch grids: ~38 KB against ~5 KB), so its chunks are smaller."""
+    vae_chunk: int = Field(0, ge=0)
+    """0: the VAE encoder keeps one autograd graph for all F·V renders until the SDS loss is back-propagated (its
+    activations: ~0.9 GiB per 256² image in fp32, half in 16 bit). > 0: encode without autograd, then re-encode
+    this many renders at a time with autograd for the backward (same gradients within float tolerance; memory of
+    one chunk; one extra encoder forward)."""
+    offload_encoders: bool = False
+    """Move 4DM's text and image encoders to the CPU once the conditioning is encoded (frees ~4 GiB of GPU memory
+    in fp32; no effect on results)."""
+
+
 class DistillConfig(StageConfig):
     """Optimise a dynamic NeRF from the mvgen anchor videos and 4DM guidance (paper §3.3, spec §4–5)."""
 
@@ -225,3 +241,5 @@ class DistillConfig(StageConfig):
     vary in the last bits), at some speed cost on the GPU. configs/tiny sets it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run; `cuda` without a GPU is an error."""
+    runtime: DistillRuntime = DistillRuntime()
+    """Memory and speed knobs (`DistillRuntime`): from `--runtime`, never from the stage's config file."""

@@ -33,17 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stages.common.cameras import fourdm_camera_vectors
+from stages.distill.config import OFFICIAL_SDS_NEGATIVE_PROMPT
 from stages.distill.host import to_device
 from stages.mvgen import FourDMPipeline, predicted_x0, prediction_type
 
 __all__ = ["FourDMGuidance", "SDSOutput", "GuidanceConditioning", "OFFICIAL_SDS_NEGATIVE_PROMPT"]
-
-OFFICIAL_SDS_NEGATIVE_PROMPT = (
-    "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, cropped, "
-    "lowres, low quality, artifacts, duplicate, morbid, mutilated, poorly drawn face, deformed, dehydrated, "
-    "bad proportions"
-)
-"""The negative prompt of 4Diffusion's SDS guidance (spec §5.1), which differs from the sampling demo's."""
 
 
 @dataclass

@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stages.common.lpips import LPIPSVGG
+from stages.common.lpips import LPIPSVGG, load_lpips_vgg
 
 __all__ = [
     "ssim",
@@ -28,6 +30,7 @@ __all__ = [
     "opaque_loss",
     "orientation_loss",
     "gaussian_window",
+    "load_anchor_lpips",
 ]
 
 
@@ -146,3 +149,13 @@ def opaque_loss(opacity: Tensor) -> Tensor:
 def orientation_loss(orient: Tensor, opacity: Tensor) -> Tensor:
     """Σ per-ray orientation terms / #(opacity > 0), threestudio `loss_orient`."""
     return orient.sum() / (opacity > 0).sum().clamp(min=1)
+
+
+def load_anchor_lpips(lpips_dir: Path) -> LPIPSVGG:
+    """LPIPS-VGG as the official anchor loss uses it (`lpipsPyTorch`, spec §5.2): [0, 1] images fed without
+    rescaling, lpips' channel normalisation; the backbone's widths are taken from the file.
+
+    Raises:
+        StageError: a file of `lpips_dir` is missing (names it) or does not hold LPIPS-VGG weights.
+    """
+    return load_lpips_vgg(lpips_dir, input_range="zero_to_one_unscaled", channel_norm="lpips", widths=None)

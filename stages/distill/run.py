@@ -23,16 +23,16 @@ from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_preview_video, write_rgba
-from stages.common.lpips import LPIPSVGG, load_lpips_vgg
 from stages.common.seeding import deterministic_algorithms, make_generator, seed_everything
 from stages.common.tracking import stage_run
 from stages.distill.config import DistillConfig
 from stages.distill.export import export_meshes, orbit_trajectory, render_rgba, require_mesh_libraries, save_field
 from stages.distill.guidance import FourDMGuidance
+from stages.distill.losses import load_anchor_lpips
 from stages.distill.trainer import AnchorTarget, Trainer, build_field, field_kwargs
 from stages.mvgen import load_fourdm
 
-__all__ = ["run", "load_anchor_lpips", "EVAL_AZIMUTHS_DEG"]
+__all__ = ["run", "EVAL_AZIMUTHS_DEG"]
 
 log = logging.getLogger(__name__)
 
@@ -246,16 +246,6 @@ def run(
             metrics["psnr/input_view"],
         )
         return manifest
-
-
-def load_anchor_lpips(lpips_dir: Path) -> LPIPSVGG:
-    """LPIPS-VGG as the official anchor loss uses it (`lpipsPyTorch`, spec §5.2): [0, 1] images fed without
-    rescaling, lpips' channel normalisation; the backbone's widths are taken from the file.
-
-    Raises:
-        StageError: a file of `lpips_dir` is missing (names it) or does not hold LPIPS-VGG weights.
-    """
-    return load_lpips_vgg(lpips_dir, input_range="zero_to_one_unscaled", channel_norm="lpips", widths=None)
 
 
 def _eval_cameras(config: DistillConfig) -> list[OrbitCamera]:

@@ -103,9 +103,9 @@ class Trainer:
         self.render_stats: dict[str, dict[str, int]] = {}
         """Per render kind ("sds", "orient", "anchor", "render"): rays, kept samples, candidates in occupied cells
         and candidates the pruning pass evaluated, of the last such render."""
-        self.backprop = build_backprop(config.renderer, self, self._phase)
+        self.backprop = build_backprop(config.runtime, self, self._phase)
         """Direct or deferred back-propagation, chosen once (`stages.distill.backprop`)."""
-        if guidance is not None and config.guidance.offload_encoders:
+        if guidance is not None and config.runtime.offload_encoders:
             guidance.offload_encoders()
 
     # -- rendering ------------------------------------------------------------------------------------------
@@ -131,9 +131,9 @@ class Trainer:
             alpha_threshold=r.alpha_threshold,
             early_stop_eps=r.early_stop_eps,
             generator=self.generator if stratified else None,
-            chunk=r.march_chunk,
-            eval_chunk=r.eval_chunk,
-            early_stop_block=r.early_stop_block,
+            chunk=self.config.runtime.march_chunk,
+            eval_chunk=self.config.runtime.eval_chunk,
+            early_stop_block=self.config.runtime.early_stop_block,
             with_values=with_values,
             with_rgb=with_rgb,
         )
@@ -181,7 +181,7 @@ class Trainer:
 
     def _max_density(self, x: Tensor) -> Tensor:
         """The shared occupancy grid's value: max over the timestamps (paper A.1)."""
-        chunk = self.config.renderer.eval_chunk
+        chunk = self.config.runtime.eval_chunk
         return torch.cat(
             [
                 torch.stack([self.field.density(p, torch.full_like(p[:, 0], float(t))) for t in self.times]).amax(0)
@@ -213,7 +213,7 @@ class Trainer:
     def step_tensors(self) -> dict[str, Tensor | float]:
         """One optimisation step; returns the logged terms as device tensors (no host sync for them).
 
-        Every render goes through `self.backprop`: direct, or deferred when `renderer.grad_chunk_samples` > 0 (the
+        Every render goes through `self.backprop`: direct, or deferred when `runtime.grad_chunk_samples` > 0 (the
         same random draws, samples and gradients within float tolerance).
         """
         cfg, w, step = self.config, self.config.loss_weights, self.step
@@ -256,7 +256,7 @@ class Trainer:
                     min_step=int(steps * cfg.guidance.min_step_percent(step)),
                     max_step=int(steps * cfg.guidance.max_step_percent(step)),
                     generator=self.generator,
-                    vae_chunk=cfg.guidance.vae_chunk,
+                    vae_chunk=cfg.runtime.vae_chunk,
                 )
                 sds_terms.append(w.sds * sds.loss)
                 metrics["loss/sds"] = sds.loss.detach()

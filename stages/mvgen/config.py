@@ -7,9 +7,15 @@ from typing import Literal
 from pydantic import Field
 
 from stages.common.config import StageConfig
-from stages.mvgen.pipeline_fourdm import OFFICIAL_NEGATIVE_PROMPT
 
-__all__ = ["MvgenConfig"]
+__all__ = ["MvgenConfig", "OFFICIAL_NEGATIVE_PROMPT"]
+
+
+OFFICIAL_NEGATIVE_PROMPT = (
+    "uniform low no texture ugly, boring, bad anatomy, blurry, pixelated,  obscure, unnatural colors, poor lighting,"
+    " dull, and unclear."
+)
+"""The negative prompt of the official 4DM demo (spec §2.5), double space included."""
 
 
 class MvgenConfig(StageConfig):

@@ -26,6 +26,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from stages.common.cameras import fourdm_camera_vectors
 from stages.common.errors import StageError
+from stages.mvgen.config import OFFICIAL_NEGATIVE_PROMPT
 from stages.mvgen.models import FourDMUNet
 
 __all__ = [
@@ -41,11 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_NEGATIVE_PROMPT = (
-    "uniform low no texture ugly, boring, bad anatomy, blurry, pixelated,  obscure, unnatural colors, poor lighting,"
-    " dull, and unclear."
-)
-"""The negative prompt of the official 4DM demo (spec §2.5), double space included."""
 
 COMPONENTS = {
     "unet": FourDMUNet,

@@ -6,6 +6,7 @@ import pytest
 
 from stages.common.cli import cli_main
 from stages.common.config import load_config
+from stages.distill.config import DistillConfig, DistillRuntime
 from stages.preprocess import PreprocessConfig, run
 from stages.preprocess.config import MattingConfig
 
@@ -70,3 +71,36 @@ def test_cli_bad_override_type_exits_nonzero(tmp_path):
     with pytest.raises(SystemExit) as exc:
         cli_main(run, PreprocessConfig, ["--input", "x", "--output", str(tmp_path), "--size-px", "big"])
     assert exc.value.code != 0
+
+
+def test_cli_runtime_file_sets_the_runtime_section_and_flags_still_override(tmp_path):
+    seen = {}
+
+    def fake_run(config: DistillConfig, *, input_dir: Path, output_dir: Path):
+        """Record what the CLI passes."""
+        seen["config"] = config
+
+    runtime = tmp_path / "runtime.yaml"
+    runtime.write_text("distill:\n  grad_chunk_samples: 4096\n  march_chunk: 65536\npreprocess: {}\n")
+    args = ["--config", str(REPO / "configs/tiny/distill.yaml"), "--input", "m", "--output", str(tmp_path)]
+    assert cli_main(fake_run, DistillConfig, [*args, "--runtime", str(runtime), "--runtime.march-chunk", "8192"]) == 0
+    base = load_config(DistillConfig, REPO / "configs/tiny/distill.yaml")
+    assert seen["config"] == base.model_copy(
+        update={"runtime": DistillRuntime(grad_chunk_samples=4096, march_chunk=8192)}
+    )
+    # Without --runtime: the defaults, whatever a config file says elsewhere.
+    assert cli_main(fake_run, DistillConfig, args) == 0
+    assert seen["config"].runtime == DistillRuntime()
+
+
+def test_cli_bad_runtime_file_is_one_line_error(tmp_path, capsys):
+    runtime = tmp_path / "runtime.yaml"
+    runtime.write_text("distill:\n  grad_chunk: 1\n")
+    args = ["--config", str(REPO / "configs/tiny/distill.yaml"), "--runtime", str(runtime)]
+
+    def never_run(config: DistillConfig, *, output_dir: Path):
+        """Must not be called."""
+        raise AssertionError("ran with a bad runtime file")
+
+    assert cli_main(never_run, DistillConfig, [*args, "--output", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")

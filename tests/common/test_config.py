@@ -6,8 +6,17 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from stages.common.config import config_sha256, dump_config, flatten_config, load_config
+from stages.common.config import (
+    config_layers,
+    config_sha256,
+    dump_config,
+    flatten_config,
+    load_config,
+    load_runtime,
+)
+from stages.common.config import main as config_main
 from stages.common.errors import StageError
+from stages.distill.config import DistillConfig, DistillRuntime
 from stages.preprocess import PreprocessConfig
 
 
@@ -86,3 +95,88 @@ def test_flatten_config_joins_nested_keys():
     assert flat["matting.backend"] == "border"
     assert flat["size_px"] == "256"
     assert flat["prompt"] == "null"
+
+
+def write_base_and_overlay(tmp_path: Path, overlay: dict) -> Path:
+    """configs/preprocess.yaml (every key) and configs/set/preprocess.yaml (`base:` plus `overlay`)."""
+    (tmp_path / "set").mkdir()
+    dump_config(PreprocessConfig(size_px=128, matting={"grabcut_iterations": 3}), tmp_path / "preprocess.yaml")
+    return write_yaml(tmp_path / "set" / "preprocess.yaml", {"base": "../preprocess.yaml", **overlay})
+
+
+def test_overlay_is_merged_onto_its_base_key_by_key(tmp_path):
+    path = write_base_and_overlay(tmp_path, {"num_frames": 4, "matting": {"work_size_px": 96}})
+    cfg = load_config(PreprocessConfig, path)
+    # The overlay's values; the base's for everything else, nested mappings merged key by key.
+    assert cfg.num_frames == 4 and cfg.matting.work_size_px == 96
+    assert cfg.size_px == 128 and cfg.matting.grabcut_iterations == 3
+    assert cfg == PreprocessConfig(size_px=128, num_frames=4, matting={"grabcut_iterations": 3, "work_size_px": 96})
+    assert [p.name for p in config_layers(path)] == ["preprocess.yaml", "preprocess.yaml"]
+    assert config_layers(path)[0] == tmp_path / "preprocess.yaml"
+
+
+def test_overlay_replaces_lists_and_is_validated_after_merging(tmp_path):
+    (tmp_path / "set").mkdir()
+    dump_config(DistillConfig(), tmp_path / "distill.yaml")
+    write_yaml(tmp_path / "set" / "distill.yaml", {"base": "../distill.yaml", "sds_resolution": {"sizes_px": [16]}})
+    with pytest.raises(StageError, match="sds_resolution"):  # 3 milestones' worth of sizes are now 1: invalid
+        load_config(DistillConfig, tmp_path / "set" / "distill.yaml")
+    write_yaml(
+        tmp_path / "set" / "distill.yaml",
+        {"base": "../distill.yaml", "sds_resolution": {"milestones": [], "sizes_px": [16]}},
+    )
+    assert load_config(DistillConfig, tmp_path / "set" / "distill.yaml").sds_resolution.sizes_px == [16]
+
+
+def test_overlay_key_absent_from_its_base_names_the_key(tmp_path):
+    path = write_base_and_overlay(tmp_path, {"matting": {"work_size": 96}})
+    with pytest.raises(StageError, match="'matting.work_size' is not in its base"):
+        load_config(PreprocessConfig, path)
+
+
+def test_overlay_with_a_missing_or_cyclic_base_is_an_error(tmp_path):
+    write_yaml(tmp_path / "a.yaml", {"base": "missing.yaml", "seed": 1})
+    with pytest.raises(StageError, match="not found"):
+        load_config(PreprocessConfig, tmp_path / "a.yaml")
+    write_yaml(tmp_path / "a.yaml", {"base": "b.yaml", "seed": 1})
+    write_yaml(tmp_path / "b.yaml", {"base": "a.yaml", "seed": 2})
+    with pytest.raises(StageError, match="cycle"):
+        load_config(PreprocessConfig, tmp_path / "a.yaml")
+
+
+def test_config_hash_ignores_the_runtime_section():
+    base = DistillConfig()
+    chunked = base.model_copy(update={"runtime": DistillRuntime(grad_chunk_samples=1 << 20, march_chunk=1 << 16)})
+    assert chunked.runtime != base.runtime
+    assert config_sha256(chunked) == config_sha256(base)
+    assert config_sha256(base.model_copy(update={"num_steps": 3})) != config_sha256(base)
+
+
+def test_runtime_file_section_validates_into_the_runtime_class(tmp_path):
+    path = write_yaml(tmp_path / "runtime.yaml", {"distill": {"grad_chunk_samples": 64}, "mvgen": {}})
+    assert load_runtime(DistillConfig, path, "distill") == DistillRuntime(grad_chunk_samples=64)
+    assert load_runtime(DistillConfig, path, "absent") == DistillRuntime()
+    write_yaml(path, {"distill": {"grad_chunk": 64}})
+    with pytest.raises(StageError, match="unknown key 'grad_chunk'"):
+        load_runtime(DistillConfig, path, "distill")
+    with pytest.raises(StageError, match="no 'runtime' section"):
+        load_runtime(PreprocessConfig, path, "preprocess")
+
+
+def test_show_prints_the_merged_config_and_its_changes(tmp_path, capsys):
+    path = write_base_and_overlay(tmp_path, {"num_frames": 4, "matting": {"work_size_px": 96}})
+    assert config_main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    merged = yaml.safe_load(out)  # the comment lines are YAML comments: the output is the merged config
+    assert merged == PreprocessConfig(
+        size_px=128, num_frames=4, matting={"grabcut_iterations": 3, "work_size_px": 96}
+    ).model_dump(mode="json")
+    changes = [line for line in out.splitlines() if line.startswith("#   ")]
+    assert changes == ["#   num_frames: 8 -> 4", "#   matting.work_size_px: 384 -> 96"]
+    assert "# changes against" in out and "preprocess.yaml: 2" in out
+
+
+def test_show_fails_with_one_line_on_a_bad_overlay(tmp_path, capsys):
+    path = write_base_and_overlay(tmp_path, {"num_frame": 4})
+    assert config_main(["show", str(path)]) == 1
+    assert capsys.readouterr().err.startswith("error: ")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from stages.common.cameras import OrbitCamera
-from stages.common.config import load_config
+from stages.common.config import load_config, load_runtime
 from stages.common.lpips import LPIPSVGG
 from stages.distill import DistillConfig
 from stages.distill.guidance import FourDMGuidance
@@ -23,6 +23,9 @@ from stages.distill.trainer import AnchorTarget, Trainer, build_field
 REPO = Path(__file__).resolve().parents[2]  # not tests.distill.tiny: it imports PyAV, which the GPU python may lack
 
 PRODUCTION = load_config(DistillConfig, REPO / "configs/distill.yaml")
+PRODUCTION = PRODUCTION.model_copy(
+    update={"runtime": load_runtime(DistillConfig, REPO / "configs/runtime.yaml", "distill")}
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -65,9 +68,8 @@ def trainer_for(config: DistillConfig, parts) -> Trainer:
 def test_full_size_iteration_runs_at_the_64px_start_and_at_256px(pipeline, backend):
     config = PRODUCTION.model_copy(update={"field": PRODUCTION.field.model_copy(update={"backend": backend})})
     if backend == "torch":  # its double backward keeps ~38 KB a sample: the production 1 M chunk needs ~38 GB
-        config = config.model_copy(
-            update={"renderer": config.renderer.model_copy(update={"orient_chunk_samples": 1 << 17})}
-        )
+        runtime = config.runtime.model_copy(update={"orient_chunk_samples": 1 << 17})
+        config = config.model_copy(update={"runtime": runtime})
     trainer = trainer_for(config, pipeline(config))
     before = {k: v.clone() for k, v in trainer.field.state_dict().items()}
     for step in (0, max(config.sds_resolution.milestones) + 1):
@@ -94,7 +96,8 @@ def test_deferred_iteration_matches_the_direct_iteration_on_the_gpu(pipeline, ba
             update={
                 "field": PRODUCTION.field.model_copy(update={"backend": backend}),
                 "sds_resolution": PRODUCTION.sds_resolution.model_copy(update={"sizes_px": [32, 32, 32]}),
-                "guidance": PRODUCTION.guidance.model_copy(update={"dtype": "float32", "offload_encoders": False}),
+                "guidance": PRODUCTION.guidance.model_copy(update={"dtype": "float32"}),
+                "runtime": PRODUCTION.runtime.model_copy(update={"offload_encoders": False}),
             }
         )
         parts = pipeline(base, anchor_px=64)
@@ -102,11 +105,10 @@ def test_deferred_iteration_matches_the_direct_iteration_on_the_gpu(pipeline, ba
         # The direct run chunks the VAE encoder and the deferred one does not, so that both fit and both options
         # are compared with their references.
         for grad_chunk, vae_chunk in ((0, 8), (1 << 16, 0)):
-            renderer = base.renderer.model_copy(
-                update={"grad_chunk_samples": grad_chunk, "orient_chunk_samples": 1 << 14}
+            runtime = base.runtime.model_copy(
+                update={"grad_chunk_samples": grad_chunk, "orient_chunk_samples": 1 << 14, "vae_chunk": vae_chunk}
             )
-            guidance = base.guidance.model_copy(update={"vae_chunk": vae_chunk})
-            trainer = trainer_for(base.model_copy(update={"renderer": renderer, "guidance": guidance}), parts)
+            trainer = trainer_for(base.model_copy(update={"runtime": runtime}), parts)
             seen = []
             step = trainer.optimizer.step
 

@@ -7,8 +7,15 @@ from skimage.metrics import structural_similarity
 
 from stages.common.errors import StageError
 from stages.common.lpips import HEADS_FILE
-from stages.distill.losses import anchor_l1, anchor_loss, anchor_loss_terms, opaque_loss, sparsity_loss, ssim
-from stages.distill.run import load_anchor_lpips
+from stages.distill.losses import (
+    anchor_l1,
+    anchor_loss,
+    anchor_loss_terms,
+    load_anchor_lpips,
+    opaque_loss,
+    sparsity_loss,
+    ssim,
+)
 from stages.distill.schedules import LinearSchedule, ResolutionSchedule
 from tests.distill.tiny import TINY_VGG_WIDTHS, write_tiny_lpips
 

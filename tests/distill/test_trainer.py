@@ -7,18 +7,17 @@ import pytest
 import torch
 
 from stages.common.cameras import OrbitCamera
-from stages.common.config import load_config
 from stages.common.errors import StageError
 from stages.common.image_io import read_rgba
 from stages.distill import DistillConfig
 from stages.distill.guidance import FourDMGuidance
-from stages.distill.run import load_anchor_lpips
+from stages.distill.losses import load_anchor_lpips
 from stages.distill.schedules import LinearSchedule
 from stages.distill.trainer import CHECKPOINT_FILE, AnchorTarget, Trainer, build_field
-from tests.distill.tiny import REPO, write_tiny_lpips
+from tests.distill.tiny import REPO, tiny_distill_config, write_tiny_lpips
 from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
 
-TINY = load_config(DistillConfig, REPO / "configs/tiny/distill.yaml")
+TINY = tiny_distill_config()
 CPU = torch.device("cpu")
 
 
@@ -67,6 +66,19 @@ def test_resume_gives_bit_identical_parameters(parts, tmp_path):
     other = make_trainer(config.model_copy(update={"seed": 1}), parts)
     with pytest.raises(StageError, match="another config"):
         other.fit(5, checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_resumes_after_a_change_of_the_run_time_knobs(parts, tmp_path):
+    """The run-time section (memory/speed) is not part of the config hash a checkpoint is tied to."""
+    first = make_trainer(TINY, parts)
+    first.fit(1, checkpoint_dir=tmp_path)
+    runtime = TINY.runtime.model_copy(update={"grad_chunk_samples": 64, "march_chunk": 1024, "early_stop_block": 0})
+    resumed = make_trainer(TINY.model_copy(update={"runtime": runtime}), parts)
+    resumed.load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    assert resumed.step == 1
+    for (name, a), b in zip(first.field.state_dict().items(), resumed.field.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(first.generator.get_state(), resumed.generator.get_state())
 
 
 def test_training_changes_the_field_and_only_trainable_parts(parts):
@@ -173,7 +185,7 @@ def test_anchor_l1_deferred_backward_matches_the_direct_one(parts):
         config = TINY.model_copy(
             update={
                 "loss_weights": weights,
-                "renderer": TINY.renderer.model_copy(update={"grad_chunk_samples": chunk}),
+                "runtime": TINY.runtime.model_copy(update={"grad_chunk_samples": chunk}),
             }
         )
         trainer = make_trainer(config, parts)
@@ -206,7 +218,7 @@ def test_extra_anchor_views_are_rendered_and_match_between_the_direct_and_deferr
         config = TINY.model_copy(
             update={
                 "loss_weights": l1_only_weights(5.0).model_copy(update={"anchor_dssim": 3.0}),
-                "renderer": TINY.renderer.model_copy(update={"grad_chunk_samples": chunk}),
+                "runtime": TINY.runtime.model_copy(update={"grad_chunk_samples": chunk}),
             }
         )
         torch.manual_seed(config.seed)

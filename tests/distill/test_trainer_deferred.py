@@ -7,15 +7,14 @@ import pytest
 import torch
 
 from stages.common.cameras import OrbitCamera
-from stages.common.config import load_config
 from stages.distill import DistillConfig
 from stages.distill.guidance import FourDMGuidance
-from stages.distill.run import load_anchor_lpips
+from stages.distill.losses import load_anchor_lpips
 from stages.distill.trainer import AnchorTarget, Trainer, build_field
-from tests.distill.tiny import REPO, write_tiny_lpips
+from tests.distill.tiny import tiny_distill_config, write_tiny_lpips
 from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
 
-TINY = load_config(DistillConfig, REPO / "configs/tiny/distill.yaml")
+TINY = tiny_distill_config()
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +30,15 @@ def parts(tmp_path_factory):
 
 
 def config(grad_chunk_samples: int, vae_chunk: int = 0, early_stop_block: int = 0) -> DistillConfig:
-    return TINY.model_copy(
+    runtime = TINY.runtime.model_copy(
         update={
-            "renderer": TINY.renderer.model_copy(
-                update={
-                    "grad_chunk_samples": grad_chunk_samples,
-                    "orient_chunk_samples": max(1, grad_chunk_samples // 2),
-                    "early_stop_block": early_stop_block,
-                }
-            ),
-            "guidance": TINY.guidance.model_copy(update={"vae_chunk": vae_chunk}),
+            "grad_chunk_samples": grad_chunk_samples,
+            "orient_chunk_samples": max(1, grad_chunk_samples // 2),
+            "early_stop_block": early_stop_block,
+            "vae_chunk": vae_chunk,
         }
     )
+    return TINY.model_copy(update={"runtime": runtime})
 
 
 def make_trainer(cfg: DistillConfig, parts) -> Trainer:

@@ -6,13 +6,22 @@ from pathlib import Path
 
 import torch
 
-from stages.common.config import load_config
+from stages.common.config import load_config, load_runtime
 from stages.common.lpips import LPIPSVGG, save_lpips_vgg
 from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
 from tests.synthetic import disc_frames, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_VGG_WIDTHS = (4, 4, 6, 6, 8, 8, 8, 8, 8, 8, 8, 8, 8)
+
+
+def tiny_distill_config():
+    """configs/tiny/distill.yaml with the run-time knobs of configs/tiny/runtime.yaml (small march chunks)."""
+    from stages.distill import DistillConfig
+
+    config = load_config(DistillConfig, REPO / "configs/tiny/distill.yaml")
+    runtime = load_runtime(DistillConfig, REPO / "configs/tiny/runtime.yaml", "distill")
+    return config.model_copy(update={"runtime": runtime})
 
 
 def write_tiny_lpips(directory: Path, seed: int = 0) -> Path:

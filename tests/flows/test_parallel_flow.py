@@ -27,6 +27,7 @@ from flows import GPU_STAGES  # noqa: E402
 from flows.fourd import fourd_batch  # noqa: E402
 from flows.workspace import WORKSPACES_DIR, prepare_workspace  # noqa: E402
 from stages.common.artifacts import MvgenManifest, PreprocessManifest  # noqa: E402
+from stages.common.config import load_config_data  # noqa: E402
 
 STAGES = ["preprocess", "mvgen"]
 
@@ -144,7 +145,7 @@ def test_one_gpu_the_gpu_stages_never_overlap(tiny_repo, gpu_env, prefect_harnes
     gpu_env("0")
     cfg_path = tiny_repo / "configs/tiny/mvgen.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["seed"] = int(cfg["seed"]) + 1
+    cfg["seed"] = int(load_config_data(cfg_path)["seed"]) + 1
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     summary = fourd_batch(
         subjects=["fox", "vixen"], config_set="tiny", stages=["mvgen"], parallel=2, repo=str(tiny_repo)

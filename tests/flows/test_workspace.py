@@ -73,6 +73,21 @@ def test_config_sets_are_folders_of_stage_configs():
         config_set_files(REPO, "../etc")
 
 
+def test_a_set_workspace_runs_the_sets_configs_merged_onto_their_bases(tmp_path):
+    """dvc.yaml names configs/<stage>.yaml: the workspace of set `tiny` holds there the merged, complete configs
+    (a stage reads one file) and the set's run-time file as configs/runtime.yaml."""
+    from flows.workspace import prepare_workspace
+    from stages.common.config import load_config_data
+
+    repo = copy_repository(tmp_path / "repo")
+    ws = prepare_workspace(repo, "tiny")
+    for stage, src in config_set_files(repo, "tiny").items():
+        merged = yaml.safe_load((ws / "configs" / f"{stage}.yaml").read_text())
+        assert merged == load_config_data(src) and "base" not in merged, stage
+        assert set(merged) == set(yaml.safe_load((repo / "configs" / f"{stage}.yaml").read_text()))
+    assert (ws / "configs/runtime.yaml").read_text() == (repo / "configs/tiny/runtime.yaml").read_text()
+
+
 def test_register_subject_copies_adds_and_lists_the_video_once(tmp_path):
     repo = copy_repository(tmp_path / "repo")
     video = tmp_path / "My Clip.mp4"
