@@ -12,7 +12,7 @@ sphere, occupancy rebuilt) at the last SDS resolution:
 - `march_s`: the no-grad render (`Trainer.render_deferred(..., with_rgb=False)`);
 - per chunk size: `backward_s` (the double-backward chunks), `pass_s` (march + backward, as the trainer runs it)
   and the peak memory of the pass; with `--compare-all-gradients` also the first chunk size with every gradient
-  the kernels' inputs require computed (the behaviour before `hash_grid_triton._engine_will_run`), side by side;
+  the kernels' inputs require computed (`hash_grid_triton._engine_will_run` answering yes to all), side by side;
 - `single_backward_s`: the same samples re-evaluated with a plain backward (a random opacity gradient, no normals):
   the cost the pass would have without the double backward;
 - a torch.profiler table of one pass (CUDA kernels by total time), printed and written to the JSON.
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--compare-all-gradients",
         action="store_true",
-        help="also time the first chunk size with every gradient computed (the kernels' behaviour before the skip)",
+        help="also time the first chunk size with every gradient the inputs require computed (for scale)",
     )
     parser.add_argument("--late-field", choices=["sphere", "blob"], default="sphere")
     parser.add_argument("--json", type=Path, default=Path("out/orient_pass.json"))
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     variants = [(chunk, True) for chunk in chunks] + [(chunks[0], False)] * args.compare_all_gradients
     for chunk, skipping in variants:
         row: dict = {"orient_chunk_samples": chunk, "num_chunks": len(render.chunks(chunk)), "skip": skipping}
-        # skip False: the kernels compute every gradient their inputs require, as before the engine was asked
-        # which ones the pass wants (`hash_grid_triton._engine_will_run`); same results, more kernels.
+        # skip False: the kernels compute every gradient their inputs require instead of asking the engine which
+        # ones the pass wants (`hash_grid_triton._engine_will_run`); same results, more kernels: the skip's worth.
         ht._engine_will_run = _engine_will_run if skipping else (lambda node: True)
 
         def backward_only(chunk=chunk) -> None:

@@ -17,7 +17,7 @@ Cases (`--cases`):
 
 Writes JSON (GPU name, torch/CUDA versions, per case and GPU count: steady clips/s, s/step, peak memory, loss
 curve, wall time; per case the loss-curve agreement and the scaling efficiency) and prints a table. Data: render
-artifacts with training rings (scripts/render_demo_training_data.sh makes them from ../shared/assets).
+artifacts with training rings (scripts/render_demo_training_data.py makes them from ../shared/assets).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Render the demo model's training set: every clip of every animated asset in a folder, as render-stage artifacts.
 
     .venv-render/bin/python scripts/render_demo_training_data.py --assets ../shared/assets \
-        --output .carry/demo-renders [--config configs/demo/render.yaml] [--only Fox.glb ...]
+        --output out/demo-renders [--config configs/demo/render.yaml] [--only Fox.glb ...]
 
 One artifact per (asset, clip), named `<asset>-<clip>` in lower case, each with its 16-view training ring
 (`train/`) at 64² (configs/demo/render.yaml). Timing per clip: clips of at least 23/8 s get the example subject's
@@ -10,8 +10,7 @@ One artifact per (asset, clip), named `<asset>-<clip>` in lower case, each with 
 Artifacts already rendered with the same config are kept (an interrupted run resumes). `index.json` records every
 clip's timing and the seconds it took to render. Static assets (no animation) are skipped.
 
-Runs in the render venv (`make render-env`: bpy needs numpy<2). `scripts/render_demo_training_data.sh` wraps it
-and packs the result into one tar for the GPU machine.
+Runs in the render venv (`make render-env`: bpy needs numpy<2).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,12 @@ def test_import_boundaries_follow_the_data_dag():
         for name in imports_of(path):
             if name.startswith("stages.") and not name.startswith("stages.common."):
                 assert name.count(".") == 1, f"{path} imports {name}"
+
+
+def test_benchmark_results_hold_one_current_file_per_benchmark_and_device():
+    """benchmarks/results/<benchmark>_<device>.json: superseded runs are deleted, not kept beside the current one."""
+    pattern = re.compile(r"^(?P<benchmark>[a-z_]+?)_(?P<device>(h100|h200|a100|cpu)(x\d+)?)\.json$")
+    for path in (REPO / "benchmarks/results").iterdir():
+        m = pattern.match(path.name)
+        assert m, f"{path.name}: name it <benchmark>_<device>.json"
+        assert json.loads(path.read_text()), path

@@ -326,7 +326,7 @@ class EvalManifest(Manifest):
     schema_id: Literal["fourd.eval/v1"] = "fourd.eval/v1"
     stage: Literal["eval"] = "eval"
     prediction_stage: str
-    """The stage whose views were scored (`mvgen`; `distill` once it lands)."""
+    """The stage whose views were scored (`distill`, or `mvgen` for its anchor videos)."""
     metrics: dict[str, float]
     """Same content as metrics.json: `{metric: value}` for every metric that was computed."""
     skipped: dict[str, SkippedMetric] = {}

@@ -159,7 +159,7 @@ def test_mesh_export_without_pymcubes_fails_before_training(upstream, tmp_path, 
 
 
 def test_the_manifest_records_every_hash_grid_backend_the_config_offers():
-    """A run with any `field.backend` must be able to write its manifest (a `triton` run once failed at the end)."""
+    """A run with any `field.backend` must be able to write its manifest (the manifest's field must accept it)."""
     import typing
 
     from stages.distill.config import FieldConfig
