@@ -98,6 +98,12 @@ class Backprop(Protocol):
         `weight`; and whether a gradient already reached the field."""
         ...
 
+    def finish_batch(self, term: Tensor) -> bool:
+        """A term rendered with autograd whatever the strategy (a small ray batch: the reconstruction term): the
+        direct path adds it to the total back-propagated in `finish`; the deferred one back-propagates it now.
+        Whether a gradient already reached the field."""
+        ...
+
     def finish(self, total: Tensor) -> bool:
         """End of the step: back-propagate what is still pending; whether a gradient reached the field."""
         ...
@@ -125,6 +131,9 @@ class DirectBackprop:
         )
         assert out.orient is not None
         return orientation_loss(out.orient, out.opacity), False
+
+    def finish_batch(self, term: Tensor) -> bool:
+        return False  # part of the total that `finish` back-propagates
 
     def finish(self, total: Tensor) -> bool:
         if not total.requires_grad:
@@ -197,6 +206,12 @@ class DeferredBackprop:
         normals.backward(orient_chunk, chunk_samples=self.orient_chunk_samples, with_orient=True)
         term = torch.stack(parts).sum() if parts else normals.opacity.new_zeros(())
         return term, bool(parts)
+
+    def finish_batch(self, term: Tensor) -> bool:
+        if not term.requires_grad:
+            return False
+        term.backward()
+        return True
 
     def finish(self, total: Tensor) -> bool:
         return False  # every phase's gradients reached the field in `backward` / `orientation`

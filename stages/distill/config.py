@@ -19,6 +19,7 @@ __all__ = [
     "OptimizerConfig",
     "MeshConfig",
     "DistillRuntime",
+    "ReconstructionConfig",
     "OFFICIAL_SDS_NEGATIVE_PROMPT",
 ]
 
@@ -119,6 +120,9 @@ class GuidanceConfig(SubConfig):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Precision of 4DM (UNet, VAE, encoders). The official run keeps fp32 weights under fp16 autocast; half
     precision here is an explicit speed/memory option."""
+    start_step: int = Field(0, ge=0)
+    """Ours (0 = the paper): SDS is off before this step, so a reconstruction phase (`reconstruction`) can first fit
+    the generated views; the timestep anneal still counts from step 0."""
 
 
 class LossWeights(SubConfig):
@@ -140,6 +144,10 @@ class LossWeights(SubConfig):
     """λ4, mean √(opacity² + 0.01) of the SDS renders (100)."""
     opaque: LinearSchedule = LinearSchedule(start_step=10000, end_step=10001, start_value=0.0, end_value=100.0)
     """λ5, binary entropy of the opacity (0 until step 10000, then 100)."""
+    reconstruction_rgb: LinearSchedule = LinearSchedule.constant(0.0)
+    """Ours (0 = the paper): weight of the reconstruction term's colour MSE (`reconstruction`)."""
+    reconstruction_mask: LinearSchedule = LinearSchedule.constant(0.0)
+    """Ours (0 = the paper): weight of the reconstruction term's opacity-vs-foreground MSE (`reconstruction`)."""
 
 
 class OptimizerConfig(SubConfig):
@@ -168,6 +176,15 @@ class MeshConfig(SubConfig):
     """Density samples per side of the grid over the scene box (threestudio's default 128; 256 for detail)."""
     threshold: float = Field(25.0, gt=0.0)
     """Density (per world unit) of the surface (threestudio's NeRF default 25; lower it if the mesh has holes)."""
+
+
+class ReconstructionConfig(SubConfig):
+    """Ours, off in the paper's recipe: fit every anchor video (anchor_view and extra_anchor_views) with random ray
+    batches over all their frames and pixels (stages/distill/reconstruction.py says why)."""
+
+    rays_per_step: int = Field(0, ge=0)
+    """Rays drawn per step over every anchor view × frame × pixel; 0 turns the term off (the paper's recipe). Its
+    weights are `loss_weights.reconstruction_rgb` and `loss_weights.reconstruction_mask`."""
 
 
 class DistillRuntime(SubConfig):
@@ -219,6 +236,8 @@ class DistillConfig(StageConfig):
     """4DM score distillation."""
     loss_weights: LossWeights = LossWeights()
     """Weights of the loss terms."""
+    reconstruction: ReconstructionConfig = ReconstructionConfig()
+    """The reconstruction term (ours; off in the paper's recipe)."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """AdamW settings."""
     output_size_px: int = Field(256, ge=8)

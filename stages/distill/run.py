@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ def run(
     lpips_dir: Path,
     output_dir: Path,
     checkpoint_dir: Path | None = None,
+    on_step: Callable[[Trainer], None] | None = None,
 ) -> DistillManifest:
     """Optimise the dynamic NeRF of one subject and render it; writes manifest.json last.
 
@@ -61,6 +63,8 @@ def run(
         lpips_dir: folder with `vgg16-397923af.pth` and `vgg.pth` (LPIPS-VGG of the anchor loss).
         output_dir: artifact folder; replaced as a whole only when the stage succeeds.
         checkpoint_dir: folder for resumable checkpoints; a rerun with the same folder resumes there.
+        on_step: called with the trainer after every optimisation step (benchmarks/distill_quality.py watches the
+            field converge through it).
 
     Raises:
         StageError: unusable or mismatched inputs, missing weights.
@@ -100,20 +104,23 @@ def run(
     # 3. The anchor video: the mvgen view at the input camera, binary mask (alpha > 0.5) on white (spec §5.2), and
     # the extra anchor views (ours, off by default) the same way.
     def anchor_video(view: int) -> torch.Tensor:
+        """(F, 4, H, W): colour on white and the binary mask of one mvgen view."""
         frames_v = []
         for f in range(views.num_frames):
             rgba = read_rgba(views.frame_path(input_dir, view, f)).astype(np.float32) / 255.0
             mask = (rgba[..., 3:] > 0.5).astype(np.float32)
-            frames_v.append(rgba[..., :3] * mask + (1.0 - mask))
-        return torch.from_numpy(np.stack(frames_v)).permute(0, 3, 1, 2).contiguous()  # (F, 3, H, W)
+            frames_v.append(np.concatenate([rgba[..., :3] * mask + (1.0 - mask), mask], axis=-1))
+        return torch.from_numpy(np.stack(frames_v)).permute(0, 3, 1, 2).contiguous()  # (F, 4, H, W)
 
     mv_cameras = load_cameras(input_dir / views.cameras_file)
-    extra = config.cameras.extra_anchor_views
+    anchor_views = [config.cameras.anchor_view, *config.cameras.extra_anchor_views]
+    videos = torch.stack([anchor_video(v) for v in anchor_views])  # (A, F, 4, H, W)
     anchor = AnchorTarget(
-        frames=anchor_video(config.cameras.anchor_view),
-        camera=mv_cameras[config.cameras.anchor_view],
-        extra_frames=torch.stack([anchor_video(v) for v in extra]) if extra else None,
-        extra_cameras=[mv_cameras[v] for v in extra],
+        frames=videos[0, :, :3].contiguous(),
+        camera=mv_cameras[anchor_views[0]],
+        extra_frames=videos[1:, :, :3].contiguous() if len(anchor_views) > 1 else None,
+        extra_cameras=[mv_cameras[v] for v in anchor_views[1:]],
+        masks=videos[:, :, 3:].contiguous(),
     )
 
     torch.manual_seed(config.seed)
@@ -156,6 +163,7 @@ def run(
             checkpoint_dir=checkpoint_dir,
             on_metrics=lambda step, m: tracker.log_metrics(m, step=step),
             on_validate=validate,
+            on_step=on_step,
         )
 
         # 5. Renders, exports, config; manifest last.

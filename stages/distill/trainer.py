@@ -23,13 +23,14 @@ from stages.common.lpips import LPIPSVGG
 from stages.distill.anchor import AnchorTarget
 from stages.distill.backprop import build_backprop
 from stages.distill.builders import build_field, build_occupancy, build_optimizer, field_kwargs
-from stages.distill.cameras import Rays, camera_rays, sample_sds_views
+from stages.distill.cameras import Rays, SDSViews, camera_rays, sample_sds_views
 from stages.distill.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from stages.distill.config import DistillConfig
 from stages.distill.fields import DynamicNeRFField
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
 from stages.distill.host import to_device
 from stages.distill.losses import anchor_loss_terms, opaque_loss, sparsity_loss
+from stages.distill.reconstruction import build_reconstruction, reconstruction_loss
 from stages.distill.renderer import (
     DeferredRender,
     RaySamples,
@@ -107,6 +108,8 @@ class Trainer:
         """Direct or deferred back-propagation, chosen once (`stages.distill.backprop`)."""
         if guidance is not None and config.runtime.offload_encoders:
             guidance.offload_encoders()
+        self.reconstruction = build_reconstruction(config, anchor, self.times, device)
+        """Every anchor video's rays and targets, when the reconstruction term is on (ours)."""
 
     # -- rendering ------------------------------------------------------------------------------------------
 
@@ -236,42 +239,16 @@ class Trainer:
             radius=cams.radius,
             fov_y_deg=cams.fov_y_deg,
         )
-        with self._phase("sds_render"):
-            sds_view = self.backprop.render(views.cameras, self.times.tolist(), size, kind="sds")
-        opacity = sds_view.opacity
-        num_rays, num_samples = opacity.numel(), self.render_stats["sds"]["samples"]
-        # (F·V·H·W, 3) → (F, V, 3, H, W)
-        rgb = sds_view.rgb.reshape(self.num_frames, cams.num_views, size, size, 3).permute(0, 1, 4, 2, 3)
-        sds_terms: list[Tensor] = []
-        # 3. 4D-aware SDS (eq. 10).
-        with self._phase("guidance"):
-            if w.sds > 0:
-                assert self.guidance is not None and self.conditioning is not None
-                steps = self.guidance.num_train_timesteps
-                sds = self.guidance(
-                    rgb,
-                    self.conditioning,
-                    azimuths_deg=views.azimuths_deg,
-                    elevation_deg=views.elevation_deg,
-                    min_step=int(steps * cfg.guidance.min_step_percent(step)),
-                    max_step=int(steps * cfg.guidance.max_step_percent(step)),
-                    generator=self.generator,
-                    vae_chunk=cfg.runtime.vae_chunk,
-                )
-                sds_terms.append(w.sds * sds.loss)
-                metrics["loss/sds"] = sds.loss.detach()
-            # 4. Opacity regularisers on the SDS renders.
-            if (lam := w.sparsity(step)) > 0:
-                term = sparsity_loss(opacity)
-                sds_terms.append(lam * term)
-                metrics["loss/sparsity"] = term.detach()
-            if (lam := w.opaque(step)) > 0:
-                term = opaque_loss(opacity)
-                sds_terms.append(lam * term)
-                metrics["loss/opaque"] = term.detach()
+        # 3-4. SDS and the opacity regularisers on its renders. SDS is off before guidance.start_step (ours: a
+        # reconstruction phase first); the renders are skipped when neither SDS nor a regulariser reads them.
+        sds_on = w.sds > 0 and step >= cfg.guidance.start_step
+        lam_sparsity, lam_opaque = w.sparsity(step), w.opaque(step)
+        num_rays = num_samples = 0
+        if sds_on or lam_sparsity > 0 or lam_opaque > 0:
+            sds_terms, reached = self._sds_phase(views, size, sds_on, lam_sparsity, lam_opaque, metrics)
             terms += sds_terms
-        stepped |= self.backprop.backward(sds_view, sds_terms, phase="sds")
-        del sds_view, opacity, rgb  # the deferred path's renders are done with
+            stepped |= reached
+            num_rays, num_samples = self.render_stats["sds"]["rays"], self.render_stats["sds"]["samples"]
         # 5. Orientation of analytic normals: the same views at one random timestamp.
         if (lam := w.orient(step)) > 0:
             frame = int(torch.randint(self.num_frames, (1,), generator=self.generator))
@@ -304,7 +281,15 @@ class Trainer:
                     metrics["psnr/anchor"] = -10.0 * torch.log10(mse)
             stepped |= self.backprop.backward(a_view, [term], phase="anchor")
             del a_view, render
-        # 7. Step.
+        # 7. Reconstruction term (ours, off in the paper's recipe): random rays over every anchor view × frame.
+        lam_rgb, lam_mask = w.reconstruction_rgb(step), w.reconstruction_mask(step)
+        if self.reconstruction is not None and (lam_rgb > 0 or lam_mask > 0):
+            with self._phase("reconstruction"):
+                term, parts = self._reconstruction_term(lam_rgb, lam_mask)
+                metrics.update(parts)
+            terms.append(term)
+            stepped |= self.backprop.finish_batch(term)
+        # 8. Step.
         total = torch.zeros((), device=self.device)
         for term in terms:
             total = total + term
@@ -317,6 +302,56 @@ class Trainer:
         metrics["samples_per_ray"] = num_samples / max(1, num_rays)
         return metrics
 
+    def _sds_phase(
+        self, views: SDSViews, size: int, sds_on: bool, lam_sparsity: float, lam_opaque: float, metrics: dict
+    ) -> tuple[list[Tensor], bool]:
+        """Render the SDS views × every timestamp; 4D-aware SDS (eq. 10) when `sds_on`, and the opacity regularisers
+        with their weights. Returns the weighted terms and whether a gradient already reached the field."""
+        cfg, step = self.config, self.step
+        with self._phase("sds_render"):
+            sds_view = self.backprop.render(views.cameras, self.times.tolist(), size, kind="sds")
+        opacity = sds_view.opacity
+        # (F·V·H·W, 3) → (F, V, 3, H, W)
+        rgb = sds_view.rgb.reshape(self.num_frames, len(views.cameras), size, size, 3).permute(0, 1, 4, 2, 3)
+        sds_terms: list[Tensor] = []
+        with self._phase("guidance"):
+            if sds_on:
+                assert self.guidance is not None and self.conditioning is not None
+                steps = self.guidance.num_train_timesteps
+                sds = self.guidance(
+                    rgb,
+                    self.conditioning,
+                    azimuths_deg=views.azimuths_deg,
+                    elevation_deg=views.elevation_deg,
+                    min_step=int(steps * cfg.guidance.min_step_percent(step)),
+                    max_step=int(steps * cfg.guidance.max_step_percent(step)),
+                    generator=self.generator,
+                    vae_chunk=cfg.runtime.vae_chunk,
+                )
+                sds_terms.append(cfg.loss_weights.sds * sds.loss)
+                metrics["loss/sds"] = sds.loss.detach()
+            if lam_sparsity > 0:
+                term = sparsity_loss(opacity)
+                sds_terms.append(lam_sparsity * term)
+                metrics["loss/sparsity"] = term.detach()
+            if lam_opaque > 0:
+                term = opaque_loss(opacity)
+                sds_terms.append(lam_opaque * term)
+                metrics["loss/opaque"] = term.detach()
+        reached = self.backprop.backward(sds_view, sds_terms, phase="sds")
+        return sds_terms, reached
+
+    def _reconstruction_term(self, lam_rgb: float, lam_mask: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted reconstruction loss of one random ray batch (with autograd) and its logged parts."""
+        assert self.reconstruction is not None
+        batch = self.reconstruction.sample(self.config.reconstruction.rays_per_step, self.generator)
+        samples = self._sample(
+            batch.rays, batch.times, stratified=True, with_values=False, with_rgb=False, kind="reconstruction"
+        )
+        out = composite(self.field, batch.rays, batch.times, samples, step_size=self.step_size)
+        assert out.rgb is not None
+        return reconstruction_loss(out.rgb, out.opacity, batch, lam_rgb, lam_mask)
+
     def fit(
         self,
         num_steps: int,
@@ -324,6 +359,7 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         on_metrics: Callable[[int, dict[str, float]], None] | None = None,
         on_validate: Callable[[int], None] | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
     ) -> dict[str, float]:
         """Train until `self.step == num_steps`, resuming from `checkpoint_dir` when it holds a checkpoint.
 
@@ -334,6 +370,8 @@ class Trainer:
             on_metrics: called every `log_every_steps` with (step, metrics); the metrics are read from the device
                 only then.
             on_validate: called every `validate_every_steps` with the step.
+            on_step: called after every step with the trainer (benchmarks observe the field through it; an
+                exception it raises ends the training).
         """
         cfg = self.config
         if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).is_file():
@@ -346,6 +384,8 @@ class Trainer:
                 on_metrics(self.step, metrics_to_floats(metrics))
             if on_validate is not None and self.step % cfg.validate_every_steps == 0:
                 on_validate(self.step)
+            if on_step is not None:
+                on_step(self)
             if checkpoint_dir is not None and (self.step % cfg.checkpoint_every_steps == 0 or self.step == num_steps):
                 self.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
         return metrics_to_floats(metrics)
