@@ -43,8 +43,7 @@ from stages.common.artifacts import MvgenManifest, PreprocessManifest, RenderMan
 from stages.common.cameras import OrbitCamera, load_cameras, save_cameras  # noqa: E402
 from stages.common.config import load_config_data, validate_config  # noqa: E402
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_rgba  # noqa: E402
-from stages.distill import DistillConfig  # noqa: E402
-from stages.distill.run import run as run_distill  # noqa: E402
+from stages.distill import DistillConfig, run as run_distill  # noqa: E402
 from stages.distill.trainer import Trainer  # noqa: E402
 from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim  # noqa: E402
 
