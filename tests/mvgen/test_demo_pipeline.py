@@ -66,7 +66,8 @@ def test_demo_gpu_is_the_demo_on_cuda_with_the_papers_field():
     gpu, cpu = configs["distill"], demo["distill"]
     assert gpu.field.backend == "triton" and gpu.loss_weights.anchor_lpips == 0  # LPIPS is never loaded
     production = load_config(stage_config("distill"), REPO / "configs/distill.yaml")
-    assert gpu.field == production.field.model_copy(update={"blob_radius": cpu.field.blob_radius})
+    box = {"blob_radius": cpu.field.blob_radius, "bbox_radius": cpu.field.bbox_radius}
+    assert gpu.field == production.field.model_copy(update=box)
     warmup = cpu.renderer.occupancy_warmup_steps
     assert gpu.renderer == production.renderer.model_copy(update={"occupancy_warmup_steps": warmup})
     assert gpu.sds_resolution.sizes_px == [64] and gpu.num_steps == cpu.num_steps  # the demo model's 64², its steps
