@@ -308,7 +308,8 @@ def guidance(
     num_frames, num_views, size = 8, 4, TINY["image_px"]
     latent_px, channels = UNET_KWARGS["sample_size"], 4
     g = torch.Generator().manual_seed(seed)
-    renders = torch.rand(num_frames, num_views, 3, size, size, generator=g)  # (F, V, 3, H, W) in [0, 1]
+    render_px = size - 4  # renders smaller than the VAE input, as in the 64² and 192² phases: both sides resize
+    renders = torch.rand(num_frames, num_views, 3, render_px, render_px, generator=g)  # (F, V, 3, H, W) in [0, 1]
     frames = torch.randint(0, 256, (num_frames, size, size, 3), generator=g, dtype=torch.uint8).numpy()
     prompt, negative = "a fox running", "ugly, blurry"
     cams = official_cameras(off, seed)
@@ -351,7 +352,7 @@ def guidance(
         perp_neg_f_sf=(4, 0.5, -2.426),
         image=[Image.fromarray(np.concatenate([f, np.full_like(f[..., :1], 255)], axis=2), "RGBA") for f in frames],
     )
-    rgb_official = renders.permute(0, 1, 3, 4, 2).reshape(num_frames * num_views, size, size, 3).clone()
+    rgb_official = renders.permute(0, 1, 3, 4, 2).reshape(num_frames * num_views, render_px, render_px, 3).clone()
     rgb_official.requires_grad_(True)
     with _official_draws(off, [posterior, noise, ref_noise]):
         out = cls.__call__(
@@ -364,12 +365,12 @@ def guidance(
             cams["c2w"].clone(),
             rgb_as_latents=False,
             timestep=timestep,
-            comp_rgb_bg=torch.ones(num_frames * num_views, size, size, 3),
+            comp_rgb_bg=torch.ones(num_frames * num_views, render_px, render_px, 3),
             frame_idx=0,
             stage_one=False,
         )
     (grad_official,) = torch.autograd.grad(out["loss_sds"], rgb_official)
-    grad_official = grad_official.reshape(num_frames, num_views, size, size, 3).permute(0, 1, 4, 2, 3)
+    grad_official = grad_official.reshape(num_frames, num_views, render_px, render_px, 3).permute(0, 1, 4, 2, 3)
 
     # 2. Ours.
     scale = 5.0 if control_guidance_scale is None else control_guidance_scale
