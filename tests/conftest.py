@@ -16,6 +16,14 @@ if os.environ.get("RUN_GPU_TESTS") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--official-src",
+        default=None,
+        help="checkout of aejion/4Diffusion: runs tests/parity against it (skipped without it)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_gpu = os.environ.get("RUN_GPU_TESTS") == "1"
     run_slow = os.environ.get("RUN_SLOW") == "1"

@@ -9,12 +9,15 @@
 - Sparsity ("L_opacity", λ4): mean √(o² + 0.01) over the SDS renders' opacities.
 - Opaque ("L_sparse", λ5): binary entropy of the clamped opacity, BCE(o, o).
 - Orientation (λ3): Σ w·relu(n·d)² over the renders, divided by the number of pixels with opacity > 0.
+- Anchor target: the mvgen frame composited on white, then every pixel with alpha ≤ 0.5 set to the white
+  background (the official dataset composites on load, `training_step` applies the binary mask).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,6 +25,7 @@ from torch import Tensor
 from stages.common.lpips import LPIPSVGG, load_lpips_vgg
 
 __all__ = [
+    "anchor_target",
     "ssim",
     "anchor_loss",
     "anchor_loss_terms",
@@ -57,6 +61,19 @@ def ssim(img1: Tensor, img2: Tensor, *, window_size: int = 11, sigma: float = 1.
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu1 * mu2 + c1) * (2 * sigma12 + c2)) / ((mu1**2 + mu2**2 + c1) * (sigma1 + sigma2 + c2))
     return ssim_map if full else ssim_map.mean()
+
+
+def anchor_target(rgba: np.ndarray) -> Tensor:
+    """The anchor frame I_a (spec §5.2) of one uint8 (H, W, 4) straight-alpha RGBA frame: (3, H, W) float32 in [0, 1].
+
+    `c = rgb·α + (1 − α)` (white), then `c·m + (1 − m)` with the binary mask m = α > 0.5: soft edges above half
+    alpha keep their composited colour, the rest is the white background.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(rgba)).float() / 255.0  # (H, W, 4)
+    rgb, alpha = x[..., :3], x[..., 3:]
+    mask = (alpha > 0.5).float()
+    on_white = rgb * alpha + (1.0 - alpha)
+    return (on_white * mask + (1.0 - mask)).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
 def anchor_l1(render: Tensor, target: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from stages.common.tracking import stage_run
 from stages.distill.config import DistillConfig
 from stages.distill.export import export_meshes, orbit_trajectory, render_rgba, require_mesh_libraries, save_field
 from stages.distill.guidance import FourDMGuidance
-from stages.distill.losses import load_anchor_lpips
+from stages.distill.losses import anchor_target, load_anchor_lpips
 from stages.distill.trainer import AnchorTarget, Trainer, build_field, field_kwargs
 from stages.mvgen import load_fourdm
 
@@ -104,13 +104,13 @@ def run(
     # 3. The anchor video: the mvgen view at the input camera, binary mask (alpha > 0.5) on white (spec §5.2), and
     # the extra anchor views (ours, off by default) the same way.
     def anchor_video(view: int) -> torch.Tensor:
-        """(F, 4, H, W): colour on white and the binary mask of one mvgen view."""
+        """(F, 4, H, W): the anchor target (`losses.anchor_target`) and the binary mask of one mvgen view."""
         frames_v = []
         for f in range(views.num_frames):
-            rgba = read_rgba(views.frame_path(input_dir, view, f)).astype(np.float32) / 255.0
-            mask = (rgba[..., 3:] > 0.5).astype(np.float32)
-            frames_v.append(np.concatenate([rgba[..., :3] * mask + (1.0 - mask), mask], axis=-1))
-        return torch.from_numpy(np.stack(frames_v)).permute(0, 3, 1, 2).contiguous()  # (F, 4, H, W)
+            rgba = read_rgba(views.frame_path(input_dir, view, f))
+            mask = torch.from_numpy(rgba[..., 3:].astype(np.float32) / 255.0 > 0.5).float().permute(2, 0, 1)
+            frames_v.append(torch.cat([anchor_target(rgba), mask]))  # (4, H, W)
+        return torch.stack(frames_v)  # (F, 4, H, W)
 
     mv_cameras = load_cameras(input_dir / views.cameras_file)
     anchor_views = [config.cameras.anchor_view, *config.cameras.extra_anchor_views]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from torch import Tensor
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from stages.common.cameras import fourdm_camera_vectors
 from stages.common.errors import StageError
@@ -50,9 +50,11 @@ COMPONENTS = {
     "text_encoder": CLIPTextModel,
     "tokenizer": CLIPTokenizer,
     "image_encoder": CLIPVisionModel,
-    "feature_extractor": CLIPImageProcessor,
+    "feature_extractor": CLIPImageProcessorPil,
 }
-"""Sub-folder → class of a FourDM weights folder (`save_pretrained` layout)."""
+"""Sub-folder → class of a FourDM weights folder (`save_pretrained` layout). The image processor is the PIL backend
+explicitly: it resizes as open_clip's transform does, bit for bit, while the torchvision backend that
+`CLIPImageProcessor` picks whenever torchvision is installed differs by up to 0.015 (benchmarks/parity)."""
 
 
 def prediction_type(scheduler: DDIMScheduler) -> str:
@@ -116,7 +118,7 @@ class FourDMPipeline:
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         image_encoder: CLIPVisionModel,
-        feature_extractor: CLIPImageProcessor,
+        feature_extractor: CLIPImageProcessorPil,
     ) -> None:
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer

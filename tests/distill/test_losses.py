@@ -11,6 +11,7 @@ from stages.distill.losses import (
     anchor_l1,
     anchor_loss,
     anchor_loss_terms,
+    anchor_target,
     load_anchor_lpips,
     opaque_loss,
     sparsity_loss,
@@ -44,6 +45,17 @@ def test_anchor_loss_weights_lpips_and_dssim(tmp_path):
     assert b.grad is not None and b.grad.abs().sum() > 0
     same, parts = anchor_loss(a, a, lpips, lpips_weight=200.0, dssim_weight=100.0)
     assert parts["anchor_lpips"] == pytest.approx(0.0, abs=1e-7) and float(same) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_anchor_target_composites_soft_edges_on_white_before_the_binary_mask():
+    # Black pixels at alpha 255, 191 (0.75), 128 (0.502) and 127 (0.498): 4Diffusion's dataset composites on white
+    # when it loads the frame, then training_step keeps pixels with alpha > 0.5 and whitens the rest.
+    rgba = np.zeros((1, 4, 4), dtype=np.uint8)
+    rgba[0, :, 3] = [255, 191, 128, 127]
+    target = anchor_target(rgba)
+    assert target.shape == (3, 1, 4) and target.dtype == torch.float32
+    expected = torch.tensor([0.0, 1 - 191 / 255, 1 - 128 / 255, 1.0])
+    torch.testing.assert_close(target[:, 0], expected.expand(3, 4), rtol=0, atol=1e-6)
 
 
 def test_anchor_l1_known_answers():

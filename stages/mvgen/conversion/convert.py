@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from stages.common.artifacts import staged_output_dir
 from stages.common.errors import StageError
@@ -142,7 +142,7 @@ def convert(
         text = CLIPTextModel.from_pretrained(find_component(text_encoder, "text_encoder"), local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(find_component(text_encoder, "tokenizer"), local_files_only=True)
         vision = CLIPVisionModel.from_pretrained(find_component(image_encoder, "image_encoder"), local_files_only=True)
-        processor = CLIPImageProcessor.from_pretrained(
+        processor = CLIPImageProcessorPil.from_pretrained(
             find_component(image_encoder, "feature_extractor"), local_files_only=True
         )
     except (OSError, ValueError) as err:
