@@ -1,5 +1,6 @@
-"""`update_stage` (flows/fourd.py) on a two-stage toy pipeline: the DVC bookkeeping that replaced `dvc repro
---single-item` (status → command → commit), without Prefect. The toy command records the environment it saw."""
+"""`update_stage` (flows/update.py) on a two-stage toy pipeline: the DVC bookkeeping of `dvc repro --single-item`
+(status → command → commit) without the repository lock held while the command runs, and without Prefect. The toy
+command records the environment it saw."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import yaml
 pytest.importorskip("dvc")
 pytest.importorskip("prefect")
 
-from flows.fourd import StageFailed, TransientStageError, update_stage  # noqa: E402
-from flows.workspace import stage_instances, subprocess_env  # noqa: E402
+from flows.pipelines import stage_instances  # noqa: E402
+from flows.update import StageFailed, TransientStageError, first_error, update_stage  # noqa: E402
+from flows.workspace import subprocess_env  # noqa: E402
 
 TOOL = """\
 import json, os, sys, time
@@ -23,6 +25,8 @@ stage, src, out = sys.argv[1:4]
 os.makedirs(out)
 open(os.path.join(out, "partial"), "w").close()  # a failed run leaves this behind
 if os.path.exists(f"fail-{stage}"):
+    print("error: the input is bad", file=sys.stderr)
+    print("cleaning up")
     sys.exit(3)
 if os.environ.get("TOUCH_DEP"):  # as if a workspace sync rewrote the dependency meanwhile
     os.utime(src, ns=(1, 1))
@@ -116,6 +120,8 @@ def test_a_failed_command_commits_nothing_and_the_old_entry_stays_stale(toy):
     with pytest.raises(StageFailed, match="mvgen@a failed \\(exit 3\\)") as err:
         update_stage(toy, plan["mvgen"], env)
     assert not isinstance(err.value, TransientStageError)
+    # The reason is on the first line (what Prefect's state message and `--watch` show).
+    assert str(err.value).splitlines()[0] == "mvgen@a failed (exit 3): error: the input is bad"
     assert lock_entry(toy, "mvgen@a") == old  # dvc.lock does not claim the failed run's output
     assert (toy / "data/mvgen/a/partial").is_file() and not (toy / "data/mvgen/a/result.json").exists()
     assert b"up to date" not in dvc(toy, "status", "mvgen@a").stdout.lower()
@@ -137,3 +143,11 @@ def test_a_dvc_yaml_command_that_needs_a_shell_is_refused(toy):
     bad = type(inst)(inst.stage, inst.subject, inst.cmd + " > log.txt", inst.deps, inst.outs)
     with pytest.raises(StageFailed, match="needs a shell"):
         update_stage(toy, bad, subprocess_env())
+
+
+def test_first_error_picks_the_line_that_says_why():
+    assert first_error("loading\nerror: weights/fourdm: no model_index.json\nbye\n") == (
+        "error: weights/fourdm: no model_index.json"
+    )
+    assert first_error("Traceback (most recent call last):\n  x\nValueError: bad size\n") == "ValueError: bad size"
+    assert first_error("killed\n") == "killed" and first_error("") == "no output"
