@@ -1,8 +1,10 @@
-"""Bring one DVC stage instance up to date: `dvc status` → its dvc.yaml command → `dvc commit` (no Prefect here).
+"""Bring one DVC stage instance up to date: `dvc repro --single-item <pipeline>:<stage>@<subject>` (no Prefect here).
 
-This is what `dvc repro --single-item <pipeline>:<stage>@<subject>` does, split so that the repository's lock is
-held for DVC's bookkeeping only, not while the command runs: `dvc repro` holds that lock for the whole command, so
-two subjects could never run at once in one repository (flows/README.md lists what else the flow needs of it).
+The flow asks `dvc status` first, so that a stage with nothing to do neither waits for a GPU nor counts as run;
+then, on a GPU slot for GPU stages, `dvc --wait-for-lock repro --single-item --no-run-cache` runs it (DVC holds its
+repository lock for the bookkeeping only, not while the command runs, so several subjects' stages run at once).
+The docker executor is what DVC cannot do (flows/README.md): the dvc.yaml command runs in the stage's image, and
+DVC, on the host, only records it (`dvc commit`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -22,12 +25,13 @@ from typing import Any, Literal
 from flows import GPU_STAGES, STAGE_ORDER
 from flows.gpus import gpu_slot
 from flows.pipelines import StageInstance
-from flows.workspace import instance_lock, run_dvc, workspace_lock
+from flows.workspace import DVC, instance_lock, run_dvc
 
 __all__ = ["DEFAULT_IMAGES", "StageFailed", "TransientStageError", "docker_command", "first_error", "update_stage"]
 
 log = logging.getLogger(__name__)
 
+_SHELL_TOKENS = frozenset({"|", "||", "&&", ";", ">", ">>", "<", "&"})
 DEFAULT_IMAGES = {s: f"fourd/{s}:0.1.0" for s in STAGE_ORDER}
 """Stage images for `executor="docker"` (docker/Dockerfile.<stage>; override with the `images` parameter)."""
 _TRANSIENT = ("Unable to acquire lock", "is busy, it is being blocked by", "CUDA out of memory")
@@ -43,9 +47,14 @@ class TransientStageError(StageFailed):
 
 def first_error(output: str) -> str:
     """The line of a command's output that says why it failed: a stage CLI's one `error:` line, else the last line
-    naming an error, else the last line."""
+    naming an error (DVC's own `ERROR: failed to reproduce …` last), else the last line."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for pick in (lambda t: t.startswith("error:") or t.startswith("ERROR:"), lambda t: "Error" in t or "error" in t):
+    picks = (
+        lambda t: t.startswith("error:"),
+        lambda t: ("Error" in t or "error" in t) and not t.startswith("ERROR:"),
+        lambda t: t.startswith("ERROR:"),
+    )
+    for pick in picks:
         found = [t for t in lines if pick(t)]
         if found:
             return found[-1]
@@ -54,6 +63,8 @@ def first_error(output: str) -> str:
 
 def _raise_for(instance: StageInstance, returncode: int, output: str) -> None:
     """Raise with the reason on the first line (Prefect's state message and `--watch` show that line)."""
+    command = re.search(r"failed to run: .*, exited with (-?\d+)", output)  # dvc repro exits 255; the command's
+    returncode = int(command.group(1)) if command else returncode
     tail = "\n".join(output.strip().splitlines()[-25:])
     message = f"{instance.name} failed (exit {returncode}): {first_error(output)}\n{tail}"
     if returncode < 0 or returncode in (137, 143) or any(t in output for t in _TRANSIENT):
@@ -69,20 +80,16 @@ def update_stage(
     image: str | None = None,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> dict[str, Any]:
-    """`dvc status` (locked) → the stage's command, on a GPU slot for GPU stages (unlocked) → `dvc commit` (locked).
+    """`dvc status` → (on a GPU slot for GPU stages) `dvc repro --single-item`, or the docker run and `dvc commit`.
 
-    What `dvc repro --single-item` would do, except that the workspace lock is not held while the command runs,
-    so other subjects' stages run meanwhile: a missing dependency fails before the command; the outputs are
-    removed first (the command never sees a previous result, and a file linked from the cache is never written
-    through); a failed command commits nothing, so dvc.lock never claims its output; dependencies that changed
-    while the command ran (a concurrent workspace sync) fail the run as transient (a retry redoes it with them).
-    Unlike repro, a changed stage is always run: DVC's run cache is written by the commit but not restored from.
+    A missing dependency fails before anything runs; a failed command leaves dvc.lock's entry as it was (DVC
+    records only what succeeded); a changed stage always runs (`--no-run-cache`: every run is a tracked MLflow run).
 
     Args:
-        ws: the workspace (DVC repository) the instance belongs to.
-        instance: the stage instance, e.g. distill@fox.
+        ws: the repository the instance belongs to.
+        instance: the stage instance, e.g. distill@fox of pipelines/demo/dvc.yaml.
         env: environment of DVC and of the command (`CUDA_VISIBLE_DEVICES` is set here for GPU stages).
-        executor: `local` (the dvc.yaml command in this environment) or `docker` (in `image`).
+        executor: `local` (`dvc repro`, the dvc.yaml command in this environment) or `docker` (in `image`).
         image: the stage image (docker; default `DEFAULT_IMAGES[stage]`).
         logger: where DVC's and the command's output go.
 
@@ -112,57 +119,44 @@ def _update(
     ws: Path, instance: StageInstance, env: Mapping[str, str], executor: str, image: str | None, logger
 ) -> dict[str, Any]:  # noqa: ANN001
     record: dict[str, Any] = {"instance": instance.name, "ran": False, "gpu": None, "started": None, "finished": None}
-    with workspace_lock(ws):
-        status = run_dvc(ws, ["status", "--json", instance.target], env, lock=False)
+    status = run_dvc(ws, ["status", "--json", instance.target], env)
     if status.returncode != 0:
         _raise_for(instance, status.returncode, status.output)
     changed = json.loads(status.output.strip().splitlines()[-1] if status.output.strip() else "{}")
-    if changed:
-        logger.info("%s changed: %s", instance.name, json.dumps(changed.get(instance.target, changed)))
-        missing = [d for d in instance.deps if not (ws / d).exists()]
-        if missing:
-            raise StageFailed(f"{instance.name}: missing dependencies {missing} in {ws} (nothing was run)")
-        before = _fingerprint(ws, instance)
-        for out in instance.outs:
-            _remove(ws / out)
-        slot = gpu_slot(instance.name, logger=logger) if instance.stage in GPU_STAGES else nullcontext(None)
-        with slot as device:
-            record["gpu"] = device
-            run_env = {**env, "DVC_ROOT": str(ws), "DVC_STAGE": instance.name}
-            if device is not None:
-                run_env["CUDA_VISIBLE_DEVICES"] = device
-                logger.info("%s runs on GPU %s", instance.name, device)
-            if executor == "docker":
-                cmd = docker_command(ws, instance, run_env, image or DEFAULT_IMAGES[instance.stage], device)
-            else:
-                cmd = _local_command(instance)
-            logger.info("%s", shlex.join(cmd))
-            record["started"] = time.time()
-            returncode, output = _stream(cmd, ws, run_env, logger)
-            record["finished"] = time.time()
-        if returncode != 0:
-            _raise_for(instance, returncode, output)
-        with workspace_lock(ws):
-            if _fingerprint(ws, instance) != before:
-                raise TransientStageError(f"{instance.name}: its dependencies changed while it ran; not committed")
-            commit = run_dvc(ws, ["commit", "--force", instance.target], env, lock=False)
+    if not changed:
+        return record
+    logger.info("%s changed: %s", instance.name, json.dumps(changed.get(instance.target, changed)))
+    missing = [d for d in instance.deps if not (ws / d).exists()]
+    if missing:
+        raise StageFailed(f"{instance.name}: missing dependencies {missing} in {ws} (nothing was run)")
+    slot = gpu_slot(instance.name, logger=logger) if instance.stage in GPU_STAGES else nullcontext(None)
+    with slot as device:
+        record["gpu"] = device
+        run_env = dict(env)
+        if device is not None:
+            run_env["CUDA_VISIBLE_DEVICES"] = device
+            logger.info("%s runs on GPU %s", instance.name, device)
+        if executor == "docker":
+            for out in instance.outs:  # as repro does: the command never sees a previous result
+                _remove(ws / out)
+            run_env.update({"DVC_ROOT": str(ws), "DVC_STAGE": instance.name})
+            cmd = docker_command(ws, instance, run_env, image or DEFAULT_IMAGES[instance.stage], device)
+        else:
+            cmd = [*DVC, "repro", "--single-item", "--no-run-cache", instance.target]
+        logger.info("%s", shlex.join(cmd))
+        record["started"] = time.time()
+        returncode, output = _stream(cmd, ws, run_env, logger)
+        record["finished"] = time.time()
+    if returncode != 0:
+        _raise_for(instance, returncode, output)
+    if executor == "docker":
+        commit = run_dvc(ws, ["commit", "--force", instance.target], env)
         for line in commit.output.strip().splitlines():
             logger.info(line)
         if commit.returncode != 0:
             _raise_for(instance, commit.returncode, commit.output)
-        record["ran"] = True
+    record["ran"] = True
     return record
-
-
-_SHELL_TOKENS = frozenset({"|", "||", "&&", ";", ">", ">>", "<", "&"})
-
-
-def _local_command(instance: StageInstance) -> list[str]:
-    """The dvc.yaml command as an argument list (run without a shell, from the workspace)."""
-    argv = shlex.split(instance.cmd)
-    if not argv or _SHELL_TOKENS & set(argv):
-        raise StageFailed(f"{instance.name}: dvc.yaml cmd {instance.cmd!r} needs a shell; the flow runs one command")
-    return argv
 
 
 def _stream(cmd: list[str], cwd: Path, env: Mapping[str, str], logger) -> tuple[int, str]:  # noqa: ANN001
@@ -187,22 +181,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _fingerprint(ws: Path, instance: StageInstance) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of every file of the instance's dependencies and its `--config` file."""
-    argv = shlex.split(instance.cmd)
-    paths = list(instance.deps) + ([argv[argv.index("--config") + 1]] if "--config" in argv[:-1] else [])
-    out = []
-    for rel in paths:
-        p = ws / rel
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
-        for f in files:
-            if f.suffix == ".pyc" or "__pycache__" in f.parts:  # .dvcignore'd: stages write them as they run
-                continue
-            st = f.stat()
-            out.append((f.relative_to(ws).as_posix(), st.st_size, st.st_mtime_ns))
-    return out
-
-
 def docker_command(
     workspace: Path, instance: StageInstance, env: Mapping[str, str], image: str, device: str | None = None
 ) -> list[str]:
@@ -212,6 +190,8 @@ def docker_command(
     only one), else `--gpus all`.
     """
     argv = shlex.split(instance.cmd)
+    if f"stages.{instance.stage}" not in argv or _SHELL_TOKENS & set(argv):
+        raise StageFailed(f"{instance.name}: dvc.yaml cmd {instance.cmd!r} is not one `python -m stages.<stage>` call")
     marker = argv.index(f"stages.{instance.stage}")  # `<python> -m stages.<stage> <args>`: the image's entry point
     uri = env.get("MLFLOW_TRACKING_URI", "")
     mounts = {str(workspace)}

@@ -40,6 +40,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCK_FILE = Path(".dvc") / "tmp" / "fourd-flow.lock"
+DVC = (sys.executable, "-m", "dvc", "--wait-for-lock")
+"""How the flow calls DVC: this interpreter's, waiting for the repository lock instead of failing after 3 s."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv", ".m4v")
 
@@ -105,8 +107,8 @@ def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def run_dvc(
     workspace: Path, args: Sequence[str], env: Mapping[str, str] | None = None, *, lock: bool = True
 ) -> DvcResult:
-    """Run `python -m dvc <args>` in `workspace` (under its lock unless `lock=False`); output is returned."""
-    cmd = (sys.executable, "-m", "dvc", *args)
+    """Run `python -m dvc <args>` in `workspace` (under the flow's lock unless `lock=False`); output is returned."""
+    cmd = (*DVC, *args)
     log.info("%s: dvc %s", workspace, " ".join(args))
 
     def call() -> DvcResult:

@@ -1,6 +1,5 @@
-"""`update_stage` (flows/update.py) on a two-stage toy pipeline: the DVC bookkeeping of `dvc repro --single-item`
-(status → command → commit) without the repository lock held while the command runs, and without Prefect. The toy
-command records the environment it saw."""
+"""`update_stage` (flows/update.py) on a two-stage toy pipeline: `dvc status`, then `dvc repro --single-item` on
+a GPU slot for GPU stages, without Prefect. The toy command records the environment it saw."""
 
 from __future__ import annotations
 
@@ -130,19 +129,11 @@ def test_a_failed_command_commits_nothing_and_the_old_entry_stays_stale(toy):
     assert "another video" in result(toy, "data/mvgen/a")["input"] and lock_entry(toy, "mvgen@a") != old
 
 
-def test_dependencies_changed_while_running_are_not_committed(toy):
-    env = {**subprocess_env(), "TOUCH_DEP": "1"}
-    with pytest.raises(TransientStageError, match="changed while it ran"):
-        update_stage(toy, instances(toy, "a")["preprocess"], env)
-    assert lock_entry(toy, "preprocess@a") is None
-    assert update_stage(toy, instances(toy, "a")["preprocess"], subprocess_env())["ran"]  # a retry commits
-
-
-def test_a_dvc_yaml_command_that_needs_a_shell_is_refused(toy):
+def test_the_docker_executor_refuses_a_command_that_is_not_one_stage_call(toy):
     inst = instances(toy, "a")["preprocess"]
-    bad = type(inst)(inst.stage, inst.subject, inst.cmd + " > log.txt", inst.deps, inst.outs)
-    with pytest.raises(StageFailed, match="needs a shell"):
-        update_stage(toy, bad, subprocess_env())
+    with pytest.raises(StageFailed, match="is not one `python -m stages.<stage>` call"):
+        update_stage(toy, inst, subprocess_env(), executor="docker")
+    assert lock_entry(toy, "preprocess@a") is None
 
 
 def test_first_error_picks_the_line_that_says_why():
@@ -151,3 +142,5 @@ def test_first_error_picks_the_line_that_says_why():
     )
     assert first_error("Traceback (most recent call last):\n  x\nValueError: bad size\n") == "ValueError: bad size"
     assert first_error("killed\n") == "killed" and first_error("") == "no output"
+    dvc = "> python -m stages.mvgen\nerror: weights/fourdm: missing\nERROR: failed to reproduce 'mvgen@fox'"
+    assert first_error(dvc) == "error: weights/fourdm: missing"  # the stage's reason, not DVC's wrapper
