@@ -11,7 +11,7 @@ from tests.flows.builders import REPO
 
 pytest.importorskip("dvc")
 
-# The commands `make demo` ran from examples/fox/dvc.yaml, which pipelines/demo/dvc.yaml replaces: the same
+# The commands `make demo` ran from its own examples/fox/dvc.yaml, which pipelines/demo/dvc.yaml replaces: the same
 # commands give the same numbers (`--folder-fps 8.0` is params.yaml's value of fox; the old file said `8`).
 DEMO_FOX = {
     "preprocess": "python -m stages.preprocess --config configs/demo/preprocess.yaml "
