@@ -129,7 +129,7 @@ prefect-setup: setup
 prefect-worker: setup
 	$(PREFECT_ENV) $(BIN)/prefect worker start --pool fourd-process --limit 2
 
-## Run deployment fourd/local on VIDEO=/abs/clip.mp4 (PROMPT, CONFIG_SET=auto|default|demo) or SUBJECT=fox, and watch it
+## Run deployment fourd/local on VIDEO=/abs/clip.mp4 (PROMPT, CONFIG_SET=auto|default|demo) or SUBJECT=fox; on failure print why
 VIDEO ?=
 SUBJECT ?=
 PROMPT ?=
@@ -137,7 +137,8 @@ CONFIG_SET ?= auto
 prefect-run: setup
 	$(PREFECT_ENV) $(BIN)/prefect deployment run fourd/local --watch -p 'config_set="$(CONFIG_SET)"' \
 		$(if $(VIDEO),-p video=$(abspath $(VIDEO))) $(if $(SUBJECT),-p 'subject="$(SUBJECT)"') \
-		$(if $(PROMPT),-p 'prompt="$(PROMPT)"')
+		$(if $(PROMPT),-p 'prompt="$(PROMPT)"') \
+		|| { $(PREFECT_ENV) $(BIN)/python -m flows.fourd --why; exit 1; }
 
 ## Print the environment a shell needs for the `prefect` commands of the README (eval "$$(make -s prefect-env)")
 prefect-env:

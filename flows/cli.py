@@ -61,11 +61,43 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true", help="serve deployment fourd/serve (runs until Ctrl-C)")
     p.add_argument("--limit", type=int, help="flow runs the served deployment runs at once (default max(2, GPUs))")
     p.add_argument("--summary-json", type=Path, help="also write the returned summary to this file")
+    p.add_argument(
+        "--why", action="store_true", help="print why the latest failed fourd flow run failed (its state message)"
+    )
     return p
+
+
+def last_failure() -> str | None:
+    """The name and state message of the latest failed or crashed `fourd` flow run on the Prefect API, or None."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    failed = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["fourd"])),
+            flow_run_filter=FlowRunFilter(state=failed),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=1,
+        )
+    if not runs or runs[0].state is None:
+        return None
+    return f"{runs[0].name}: {runs[0].state.name}: {runs[0].state.message}"
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    if a.why:
+        print(last_failure() or "no failed fourd flow run")
+        return 0
     if a.serve:
         fourd.serve(name="serve", limit=a.limit or max(2, len(gpu_devices())))
         return 0

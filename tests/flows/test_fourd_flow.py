@@ -146,6 +146,10 @@ def test_without_official_weights_the_flow_runs_the_demo_model_and_says_so(tmp_p
         fourd(subject="fox", config_set="default", repo=str(repo))
     first = str(err.value).splitlines()[0]
     assert "missing dependencies" in first and "weights/fourdm" in first and "config_set=demo" in first
+    # `make prefect-run` prints the failed run's state message, which starts with the same reason.
+    from flows.cli import last_failure
+
+    assert first in last_failure()
 
 
 def test_two_deployment_runs_submitted_at_once_both_finish(tiny_repo, tmp_path):
