@@ -104,7 +104,7 @@ FLOW_ARGS ?= --subject fox
 
 ## Run the Prefect flow once (FLOW_ARGS='--video clip.mp4 --prompt "…"' or '--subject fox --config-set demo')
 flow: setup
-	$(BIN)/python -m flows.fourd $(FLOW_ARGS)
+	$(BIN)/python -m flows $(FLOW_ARGS)
 
 ## Start the Prefect server in the background on 127.0.0.1:4200 (PREFECT_PORT; SQLite in .prefect/)
 prefect-server: setup
@@ -138,7 +138,7 @@ prefect-run: setup
 	$(PREFECT_ENV) $(BIN)/prefect deployment run fourd/local --watch -p 'config_set="$(CONFIG_SET)"' \
 		$(if $(VIDEO),-p video=$(abspath $(VIDEO))) $(if $(SUBJECT),-p 'subject="$(SUBJECT)"') \
 		$(if $(PROMPT),-p 'prompt="$(PROMPT)"') \
-		|| { $(PREFECT_ENV) $(BIN)/python -m flows.fourd --why; exit 1; }
+		|| { $(PREFECT_ENV) $(BIN)/python -m flows --why; exit 1; }
 
 ## Print the environment a shell needs for the `prefect` commands of the README (eval "$$(make -s prefect-env)")
 prefect-env:

@@ -1,4 +1,4 @@
-"""`python -m flows`: the same command line as `python -m flows.fourd` (flows/cli.py)."""
+"""`python -m flows`: the command line of the flows (flows/cli.py)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python -m flows.fourd` (or `python -m flows`): run the `fourd` flow for one subject, `fourd_batch` for several,
+"""`python -m flows`: run the `fourd` flow for one subject, `fourd_batch` for several,
 or serve the deployment `fourd/serve`. The flows themselves are in flows/fourd.py."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line, every option documented."""
     sets = ", ".join(f"{name} ({spec.about})" for name, spec in CONFIG_SETS.items())
     p = argparse.ArgumentParser(
-        prog="python -m flows.fourd",
+        prog="python -m flows",
         description=(
             "Run videos through preprocess → mvgen → distill → eval (render for 3D assets, eval for subjects with a "
             "ground truth). One --video and/or one --subject runs the flow `fourd`; several, or --parallel, run "

@@ -6,14 +6,14 @@ one stage instance of the config set's pipeline up to date (flows/update.py: `dv
 `dvc commit`), so unchanged work is skipped by content hash and the pipeline's dvc.lock records what ran. Every
 config set runs in the repository itself (flows/pipelines.py). GPU stages (`flows.GPU_STAGES`) take a slot of the
 machine-wide GPU pool (flows/gpus.py). MLflow gets one parent run per flow run, with each stage run as its child
-(flows/tracking.py). House style §8.6. Tasks are thin: no stage logic here. The command line is flows/cli.py.
+(flows/tracking.py). House style §8.6. Tasks are thin: no stage logic here. The command line, `python -m flows`,
+is flows/cli.py.
 """
 
 # No `from __future__ import annotations` here: Prefect builds the flow's parameter schema from the annotations of
 # a module it loads by file path (deployments), and string annotations (`Literal[...]`) do not resolve there.
 import json
 import shlex
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -366,9 +366,3 @@ def _batch_report(summary: dict[str, Any]) -> None:
     )
     create_markdown_artifact(md, key="fourd-batch", description="each subject's stages and the batch wall time")
     print(md)
-
-
-if __name__ == "__main__":  # `python -m flows.fourd` is the command line of flows/cli.py
-    from flows.cli import main
-
-    sys.exit(main())

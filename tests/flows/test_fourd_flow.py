@@ -166,7 +166,7 @@ def test_two_deployment_runs_submitted_at_once_both_finish(tiny_repo, tmp_path):
         videos[-1].write_bytes((tiny_repo / "examples/fox/video.mp4").read_bytes())
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.fourd", "--serve"], cwd=tiny_repo, env=env, start_new_session=True
+        [sys.executable, "-m", "flows", "--serve"], cwd=tiny_repo, env=env, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 60
