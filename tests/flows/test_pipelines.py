@@ -19,7 +19,8 @@ DEMO_FOX = {
     "--framing keep",
     "mvgen": "python -m stages.mvgen --config configs/demo/mvgen.yaml --input data/demo/preprocess/fox "
     "--weights weights/demo/fourdm --output data/demo/mvgen/fox",
-    "distill": "python -m stages.distill --config configs/demo/distill.yaml --input data/demo/mvgen/fox "
+    "distill": "python -m stages.distill --config configs/demo/distill.yaml --runtime configs/demo/runtime.yaml "
+    "--input data/demo/mvgen/fox "
     "--preprocess data/demo/preprocess/fox --weights weights/demo/fourdm --lpips weights/eval/lpips "
     "--output data/demo/distill/fox --checkpoint data/demo/checkpoints/distill/fox",
     "eval": "python -m stages.eval --config configs/demo/eval.yaml --prediction data/demo/distill/fox "

@@ -1,4 +1,4 @@
-"""Demo 4DM construction: its character tokenizer, the small pipeline of configs/demo/demo_model.yaml, its scheduler."""
+"""Demo 4DM construction: its character tokenizer, the small pipeline of configs/demo/demo_model.yaml, scheduler."""
 
 from __future__ import annotations
 
