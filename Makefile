@@ -14,8 +14,8 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render-env demo report test test-main test-render test-gpu smoke style quality consistency mlflow-ui clean \
-	flow prefect-server prefect-stop prefect-setup prefect-worker docker-images test-docker
+.PHONY: help setup render-env demo repro report test test-main test-render test-gpu smoke style quality consistency mlflow-ui clean \
+	flow prefect-server prefect-stop prefect-setup prefect-worker prefect-run prefect-env docker-images test-docker
 
 ## Show this help
 help:
@@ -43,11 +43,18 @@ render-env: $(RENDER_STAMP)
 
 ## Set up, then run the bundled example through preprocess → mvgen → distill → eval on the CPU (small 4DM of weights/demo)
 demo: setup
-	@if [ -f weights/demo/fourdm/model_index.json ]; then dvc repro examples/fox/dvc.yaml; else \
-		dvc repro examples/fox/dvc.yaml:preprocess && \
+	@if [ -f weights/demo/fourdm/model_index.json ]; then \
+		$(BIN)/python -m flows.tracking --name demo/fox --config-set demo -- dvc repro pipelines/demo/dvc.yaml:eval@fox; \
+	else $(BIN)/python -m flows.tracking --name demo/fox --config-set demo -- \
+		dvc repro pipelines/demo/dvc.yaml:preprocess@fox && \
 		echo "demo: mvgen → distill → eval skipped: weights/demo/fourdm is missing (weights/demo/README.md)"; fi
 	@echo "demo: results in data/demo/ (preprocess, mvgen, distill, eval); open data/demo/eval/fox/report.html and"
 	@echo "      data/demo/distill/fox/preview.mp4; metrics in reports/demo/fox.json; MLflow runs in ./mlflow.db (make mlflow-ui)"
+
+## Run the production pipeline (dvc repro, REPRO_ARGS) under one MLflow parent run (needs weights/fourdm, weights/eval)
+REPRO_ARGS ?=
+repro: setup
+	$(BIN)/python -m flows.tracking --name repro -- dvc repro $(REPRO_ARGS)
 
 ## Aggregate every subject's eval metrics into reports/metrics.json (DVC metrics)
 report: setup
@@ -95,9 +102,9 @@ PREFECT_PORT ?= 4200
 PREFECT_ENV := PREFECT_HOME=$(abspath .prefect) PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
 FLOW_ARGS ?= --subject fox
 
-## Run the Prefect flow once (FLOW_ARGS='--video clip.mp4 --prompt "…"' or '--subject fox --config-set tiny')
+## Run the Prefect flow once (FLOW_ARGS='--video clip.mp4 --prompt "…"' or '--subject fox --config-set demo')
 flow: setup
-	$(BIN)/python -m flows.fourd $(FLOW_ARGS)
+	$(BIN)/python -m flows $(FLOW_ARGS)
 
 ## Start the Prefect server in the background on 127.0.0.1:4200 (PREFECT_PORT; SQLite in .prefect/)
 prefect-server: setup
@@ -122,6 +129,21 @@ prefect-setup: setup
 prefect-worker: setup
 	$(PREFECT_ENV) $(BIN)/prefect worker start --pool fourd-process --limit 2
 
+## Run deployment fourd/local on VIDEO=/abs/clip.mp4 (PROMPT, CONFIG_SET=auto|default|demo) or SUBJECT=fox; on failure print why
+VIDEO ?=
+SUBJECT ?=
+PROMPT ?=
+CONFIG_SET ?= auto
+prefect-run: setup
+	$(PREFECT_ENV) $(BIN)/prefect deployment run fourd/local --watch -p 'config_set="$(CONFIG_SET)"' \
+		$(if $(VIDEO),-p video=$(abspath $(VIDEO))) $(if $(SUBJECT),-p 'subject="$(SUBJECT)"') \
+		$(if $(PROMPT),-p 'prompt="$(PROMPT)"') \
+		|| { $(PREFECT_ENV) $(BIN)/python -m flows --why; exit 1; }
+
+## Print the environment a shell needs for the `prefect` commands of the README (eval "$$(make -s prefect-env)")
+prefect-env:
+	@echo "export $(PREFECT_ENV)"
+
 ## Build the stage images fourd/<stage>:0.1.0 (DOCKER_STAGES, DOCKER_BUILD_ARGS: docker/wheels/README.md)
 DOCKER_STAGES ?= preprocess eval render mvgen distill
 DOCKER_BUILD_ARGS ?=
@@ -133,9 +155,11 @@ docker-images:
 test-docker: setup
 	RUN_DOCKER_TESTS=1 $(BIN)/python -m pytest -m docker tests/flows -p no:cacheprovider
 
-## Start the MLflow UI on the local SQLite store (http://127.0.0.1:5000)
+## Start the MLflow UI on the project's store ./mlflow.db, on the runs of experiment fourd (http://127.0.0.1:5000)
 mlflow-ui: setup
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db
+	@echo "mlflow-ui: runs of experiment fourd at $$(MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) \
+		$(BIN)/python -m flows.tracking --ui-url http://127.0.0.1:5000)"
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath mlflow.db)
 
 ## Remove the venv, caches and scratch outputs (not data/ or weights/)
 clean:

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from stages.common.config import load_config
+from stages.mvgen.training.demo_build import build_pipeline
 from stages.mvgen.training.demo_config import DemoModelConfig
 from stages.mvgen.training.demo_data import ClipBank
-from stages.mvgen.training.demo_model import Caches, build_pipeline, unet_step_loss, vae_loss
+from stages.mvgen.training.demo_phases import Caches, unet_step_loss, vae_loss
 
 
 def synthetic_bank(cfg: DemoModelConfig, clips: int = 4, views: int = 16, frames: int = 24) -> ClipBank:

@@ -3,7 +3,7 @@
 A GPU stage run holds one device for as long as its command runs: `gpu_slot()` takes a free device with a
 non-blocking `flock` on `<lock dir>/<device>.lock`, polling every device until one is free, and the flow starts
 the stage with `CUDA_VISIBLE_DEVICES=<device>`. The slots are files, so every flow process of the machine
-shares them (the subflows of `fourd_batch`, the runs of a served deployment, a second `python -m flows.fourd`),
+shares them (the subflows of `fourd_batch`, the runs of a served deployment, a second `python -m flows`),
 and the kernel frees a slot when the process holding it dies. The holder writes its pid, label and start time
 into the lock file, so a waiting stage logs whom it waits for, and `python -m flows.gpus` lists the holders.
 

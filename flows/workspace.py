@@ -1,27 +1,17 @@
-"""Workspaces, config sets, subject registration and the DVC calls the flow makes (no Prefect in here).
+"""The repository the flow runs in: its locks, the DVC calls the flow makes, and subject registration (no Prefect).
 
-A *workspace* is a directory DVC runs in: the repository itself for the committed configs (config set
-`default`), or, for another config set `configs/<name>/`, a copy of the repository at
-`out/workspaces/<name>/` whose `configs/<stage>.yaml` are that set's files. dvc.yaml therefore names one
-config path per stage (`--config configs/<stage>.yaml`, house style §8.6) and no stage config holds a path,
-yet `tiny` or any other set runs under DVC with its own dvc.lock, outputs and `dvc params diff`. The copy
-shares the repository's DVC cache, so registered videos and unchanged outputs are not stored twice.
-
-DVC gives up after 3 s when another DVC process holds the repository's lock, so every DVC call of the flow
-goes through `workspace_lock`: an advisory `flock` per workspace, waited on, released by the kernel if the
-holder dies. The lock covers DVC's bookkeeping only (`dvc status`, `dvc commit`, registration, the workspace
-sync), never a stage's command: the flow (flows/fourd.py) runs the commands of several subjects at once in one
-workspace, and syncing therefore rewrites only files whose content changed and stages only the files it copies (a
-stage's output that is being written, and not yet git-ignored by DVC, stays out of the workspace's git).
-`instance_lock` keeps two flow runs from bringing the same stage instance up to date at once. Runs in different
-workspaces proceed in parallel.
+Every config set runs in the repository itself (flows/pipelines.py): one DVC cache, one dvc.lock per pipeline file,
+one MLflow store. DVC gives up after 3 s when another DVC process holds the repository's lock, so every DVC call of
+the flow goes through `workspace_lock`: an advisory `flock`, waited on, released by the kernel if the holder dies.
+The lock covers DVC's bookkeeping only (`dvc status`, `dvc commit`, registration), never a stage's command: the flow
+(flows/fourd.py) runs the commands of several subjects at once. `instance_lock` keeps two flow runs from bringing the
+same stage instance up to date at once.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
@@ -35,54 +25,29 @@ from pathlib import Path
 
 import yaml
 
-from flows import STAGE_ORDER
-from stages.common.config import load_config_data
-from stages.common.errors import StageError
-
 __all__ = [
-    "DEFAULT_CONFIG_SET",
     "DvcResult",
-    "StageInstance",
     "WorkspaceError",
-    "config_set_files",
     "find_repo",
     "instance_lock",
-    "prepare_workspace",
     "register_subject",
     "run_dvc",
-    "stage_instances",
+    "source_revision",
+    "subjects",
     "workspace_lock",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG_SET = "default"
-"""The committed `configs/<stage>.yaml`; the flow runs it in the repository itself."""
-WORKSPACES_DIR = Path("out") / "workspaces"
-"""Where the copies for other config sets live, relative to the repository (git-ignored scratch space)."""
 LOCK_FILE = Path(".dvc") / "tmp" / "fourd-flow.lock"
-SYNC_RECORD = ".fourd-sync.json"
+DVC = (sys.executable, "-m", "dvc", "--wait-for-lock")
+"""How the flow calls DVC: this interpreter's, waiting for the repository lock instead of failing after 3 s."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv", ".m4v")
 
 
 class WorkspaceError(RuntimeError):
-    """A workspace, config set or subject that cannot be used; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class StageInstance:
-    """One DVC stage instance, e.g. `mvgen@fox`, with its rendered command, dependencies and outputs."""
-
-    stage: str
-    subject: str
-    cmd: str
-    deps: tuple[str, ...]
-    outs: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.stage}@{self.subject}"
+    """A repository, subject or video that cannot be used; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -121,13 +86,14 @@ def _flock(path: Path) -> Iterator[None]:
 
 
 def workspace_lock(workspace: Path) -> AbstractContextManager[None]:
-    """Hold the workspace's flow lock (blocking): one DVC call or registration at a time per workspace."""
+    """Hold the repository's flow lock (blocking): one DVC call or registration at a time."""
     return _flock(Path(workspace) / LOCK_FILE)
 
 
-def instance_lock(workspace: Path, instance: str) -> AbstractContextManager[None]:
+def instance_lock(workspace: Path, target: str) -> AbstractContextManager[None]:
     """Hold one stage instance's lock (blocking): two flow runs never bring the same instance up to date at once."""
-    return _flock(Path(workspace) / LOCK_FILE.parent / f"fourd-stage-{instance.replace('@', '-at-')}.lock")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", target)
+    return _flock(Path(workspace) / LOCK_FILE.parent / f"fourd-stage-{safe}.lock")
 
 
 def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -141,8 +107,8 @@ def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def run_dvc(
     workspace: Path, args: Sequence[str], env: Mapping[str, str] | None = None, *, lock: bool = True
 ) -> DvcResult:
-    """Run `python -m dvc <args>` in `workspace` (under its lock unless `lock=False`); output is returned."""
-    cmd = (sys.executable, "-m", "dvc", *args)
+    """Run `python -m dvc <args>` in `workspace` (under the flow's lock unless `lock=False`); output is returned."""
+    cmd = (*DVC, *args)
     log.info("%s: dvc %s", workspace, " ".join(args))
 
     def call() -> DvcResult:
@@ -164,201 +130,21 @@ def _dvc_ok(workspace: Path, args: Sequence[str], *, lock: bool = True) -> str:
     return res.output
 
 
-def config_set_files(repo: Path, config_set: str) -> dict[str, Path]:
-    """`{stage: config file}` of a config set: `configs/<set>/<stage>.yaml`, or `configs/<stage>.yaml` for default.
-
-    A set may hold only some stages; the others keep the committed config (and the flow logs which).
-    """
-    if config_set == DEFAULT_CONFIG_SET:
-        return {s: repo / "configs" / f"{s}.yaml" for s in STAGE_ORDER if (repo / "configs" / f"{s}.yaml").is_file()}
-    check_name("config set", config_set)
-    folder = repo / "configs" / config_set
-    if not folder.is_dir():
-        sets = sorted(p.name for p in (repo / "configs").iterdir() if p.is_dir())
-        raise WorkspaceError(f"config set {config_set!r}: no folder configs/{config_set}/ (have: default, {sets})")
-    return {s: folder / f"{s}.yaml" for s in STAGE_ORDER if (folder / f"{s}.yaml").is_file()}
-
-
-def _merged_config(path: Path) -> bytes:
-    """A set's config file merged onto its base (stages.common.config), as the plain YAML a stage reads."""
-    try:
-        data = load_config_data(path)
-    except StageError as err:
-        raise WorkspaceError(str(err)) from None
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
-
-
-def _visible_files(repo: Path) -> list[str]:
-    """Files git tracks or would track (ignored ones, e.g. data outputs, weights, venvs, excluded)."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo, capture_output=True
-    )
-    if out.returncode != 0:
-        raise WorkspaceError(f"{repo}: git ls-files failed: {out.stderr.decode(errors='replace').strip()}")
-    return sorted({f for f in out.stdout.decode().split("\0") if f and (repo / f).is_file()})
-
-
-def _git(workspace: Path, *args: str) -> str:
-    cmd = ["git", "-c", "user.name=fourd flow", "-c", "user.email=fourd@localhost", "-c", "commit.gpgsign=false"]
-    proc = subprocess.run([*cmd, *args], cwd=workspace, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise WorkspaceError(f"git {' '.join(args)} in {workspace}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
 def source_revision(repo: Path) -> str:
     """`<sha>[-dirty]` of the repository (`unknown` outside git)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        sha = _git(repo, "rev-parse", "HEAD").strip()
-        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no").strip()
-    except WorkspaceError:
+        sha, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
 
 
-def prepare_workspace(repo: Path, config_set: str) -> Path:
-    """The directory to run DVC in for `config_set`, synchronised with the repository.
-
-    `default` is the repository itself. Another set gets `out/workspaces/<set>/`: the repository's visible
-    files (code, dvc.yaml, params.yaml, .dvc files, examples) are copied in, except `dvc.lock`, which stays
-    the workspace's own; the set's files replace `configs/<stage>.yaml`; files removed from the repository are
-    removed from the copy; `weights/<name>` are symlinked; the DVC cache is the repository's; `.dvc` files
-    (registered videos) are checked out; the copy is committed to its own git repository (DVC needs one).
-    """
-    repo = Path(repo).resolve()
-    files = config_set_files(repo, config_set)
-    if config_set == DEFAULT_CONFIG_SET:
-        return repo
-    ws = repo / WORKSPACES_DIR / config_set
-    ws.mkdir(parents=True, exist_ok=True)
-    # The workspace's lock, then the repository's (never the other way round): the copy is a consistent snapshot,
-    # never one taken halfway through a registration (a video copied, not yet `dvc add`-ed and git-ignored).
-    with workspace_lock(ws), workspace_lock(repo):
-        record_path = ws / SYNC_RECORD
-        previous = set(json.loads(record_path.read_text())) if record_path.is_file() else set()
-        copied = [f for f in _visible_files(repo) if f != "dvc.lock" and not f.startswith(f"{WORKSPACES_DIR}/")]
-        for rel in sorted(previous - set(copied)):
-            (ws / rel).unlink(missing_ok=True)
-        # The set's files, merged onto their bases, go straight to configs/<stage>.yaml (its run-time file to
-        # configs/runtime.yaml): a file a stage of another subject may be reading right now is written only when its
-        # content changes, never first with the committed config.
-        sources: dict[str, Path | bytes] = {rel: repo / rel for rel in copied}
-        sources |= {f"configs/{s}.yaml": _merged_config(src) for s, src in files.items()}
-        if (repo / "configs" / config_set / "runtime.yaml").is_file():
-            sources["configs/runtime.yaml"] = repo / "configs" / config_set / "runtime.yaml"
-        for rel, src in sources.items():
-            dst = ws / rel
-            data = src if isinstance(src, bytes) else src.read_bytes()
-            if not dst.is_file() or dst.read_bytes() != data:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(src, bytes):
-                    dst.write_bytes(src)
-                else:
-                    shutil.copy2(src, dst)
-        kept = [s for s in STAGE_ORDER if s not in files and (repo / "configs" / f"{s}.yaml").is_file()]
-        if kept:
-            log.info("config set %s has no file for %s: they run with configs/<stage>.yaml", config_set, kept)
-        record_path.write_text(json.dumps(copied))
-        if (repo / "weights").is_dir():
-            (ws / "weights").mkdir(exist_ok=True)
-            for entry in (repo / "weights").iterdir():
-                link = ws / "weights" / entry.name
-                if not link.is_symlink() and not link.exists():
-                    link.symlink_to(entry)
-        if not (ws / ".git").exists():
-            _git(ws, "init", "-q")
-        # The repository's cache: outputs and registered videos are stored once, and checkouts link from it.
-        _dvc_ok(ws, ["cache", "dir", "--local", str(repo / ".dvc" / "cache")], lock=False)
-        _commit_sync(ws, [*copied, *sorted(previous - set(copied))], f"fourd workspace {config_set}", repo)
-        dvc_files = (
-            [str(p.relative_to(ws)) for p in sorted((ws / "data").rglob("*.dvc"))] if (ws / "data").is_dir() else []
-        )
-        if dvc_files:
-            _dvc_ok(ws, ["checkout", *dvc_files], lock=False)
-    return ws
-
-
-def _commit_sync(ws: Path, paths: Sequence[str], message: str, repo: Path) -> None:
-    """Commit what the sync copied or removed, plus DVC's own files (dvc.lock, the outputs' .gitignore).
-
-    Not `git add -A`: a stage of another subject may be writing its output right now (untracked until its
-    `dvc commit` adds it to a .gitignore), and git must never track an output DVC is about to own.
-    """
-    tracked = set(_git(ws, "ls-files", "-z").split("\0"))
-    ignores = _git(ws, "ls-files", "-z", "--cached", "--others", "--exclude-standard", ":(glob)**/.gitignore")
-    dvc_files = ["dvc.lock", *filter(None, ignores.split("\0"))]
-    wanted = [p for p in dict.fromkeys([*paths, *dvc_files]) if p in tracked or (ws / p).is_file()]
-    ignored = subprocess.run(  # untracked paths the workspace's .gitignore files exclude (`git add` refuses them)
-        ["git", "check-ignore", "-z", "--stdin"], cwd=ws, input="\0".join(wanted).encode(), capture_output=True
-    )
-    if ignored.returncode not in (0, 1):
-        raise WorkspaceError(f"git check-ignore in {ws}: {ignored.stderr.decode(errors='replace').strip()}")
-    skip = set(ignored.stdout.decode().split("\0"))
-    wanted = [p for p in wanted if p not in skip]
-    proc = subprocess.run(
-        ["git", "add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"],
-        cwd=ws,
-        input="\0".join(wanted).encode(),
-        capture_output=True,
-    )
-    if proc.returncode != 0:
-        raise WorkspaceError(f"git add in {ws}: {proc.stderr.decode(errors='replace').strip()}")
-    if _git(ws, "diff", "--cached", "--name-only").strip():
-        _git(ws, "commit", "-q", "--no-verify", "-m", f"{message} from {source_revision(repo)}")
-
-
 def _params(workspace: Path) -> dict:
     return yaml.safe_load((workspace / "params.yaml").read_text()) or {}
-
-
-def _dvc_stages(workspace: Path) -> dict:
-    return yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
-
-
-def _render(template: object, key: str, item: object, params: Mapping[str, object]) -> object:
-    """Interpolate `${key}`, `${item}`, `${item.x}` and `${a.b}` as DVC does for the subset dvc.yaml uses."""
-    if isinstance(template, list):
-        return [_render(t, key, item, params) for t in template]
-    if isinstance(template, dict):
-        return {_render(k, key, item, params): _render(v, key, item, params) for k, v in template.items()}
-    if not isinstance(template, str):
-        return template
-
-    def lookup(m: re.Match[str]) -> str:
-        head, *rest = m.group(1).split(".")
-        value: object = {"key": key, "item": item}.get(head, params.get(head))
-        for part in rest:
-            value = value[part] if isinstance(value, Mapping) else None
-        if value is None:
-            raise WorkspaceError(f"dvc.yaml: cannot resolve ${{{m.group(1)}}} for {key}")
-        return str(value)
-
-    return re.sub(r"\$\{([\w.]+)\}", lookup, template)
-
-
-def stage_instances(workspace: Path, subject: str, stages: Sequence[str] | None = None) -> list[StageInstance]:
-    """The DVC stage instances of `subject`, in `STAGE_ORDER`: those whose `foreach` collection holds it.
-
-    So `render` appears only for subjects in `assets:`, `eval` only for subjects with a ground truth, and a
-    stage added to dvc.yaml (distill) joins once it is in `STAGE_ORDER`.
-    """
-    params, dvc_stages = _params(workspace), _dvc_stages(workspace)
-    unknown = set(stages or ()) - set(STAGE_ORDER)
-    if unknown:
-        raise WorkspaceError(f"unknown stages {sorted(unknown)}; the pipeline has {list(STAGE_ORDER)}")
-    out = []
-    for stage in STAGE_ORDER:
-        if stages is not None and stage not in stages or stage not in dvc_stages:
-            continue
-        spec = dvc_stages[stage]
-        m = re.fullmatch(r"\$\{(\w+)\}", str(spec.get("foreach", "")))
-        collection = params.get(m.group(1)) if m else None
-        if not isinstance(collection, Mapping) or subject not in collection:
-            continue
-        do = _render(spec["do"], subject, collection[subject], params)
-        outs = tuple(str(next(iter(o))) if isinstance(o, dict) else str(o) for o in do.get("outs", []))
-        out.append(StageInstance(stage, subject, " ".join(do["cmd"].split()), tuple(map(str, do["deps"])), outs))
-    return out
 
 
 def subjects(workspace: Path) -> dict[str, dict]:

@@ -55,7 +55,7 @@ def repo_copy(tmp_path) -> Path:
 def test_dvc_repro_builds_the_example_and_reruns_on_config_change(repo_copy):
     dvc = [sys.executable, "-m", "dvc"]
     # The production pipeline's first stage for every subject (mvgen waits for weights/fourdm, render for assets;
-    # make demo runs examples/fox/dvc.yaml instead).
+    # make demo runs pipelines/demo/dvc.yaml instead).
     sh([*dvc, "repro", "--glob", "preprocess@*"], repo_copy)
     m = PreprocessManifest.load(repo_copy / "data/preprocess/fox")
     assert m.subject == "fox" and m.size_px == 256 and m.num_frames == 8

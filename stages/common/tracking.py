@@ -1,8 +1,9 @@
 """MLflow tracking for stage runs: one run per stage and subject, nested under the flow's parent run.
 
-`FOURD_TRACKING=off` runs a stage untracked (e.g. on a GPU box without MLflow); otherwise MLflow is required
-and configured the usual way (`MLFLOW_TRACKING_URI`; MLflow's default is `sqlite:///mlflow.db` in the
-working directory). Heavy files stay with DVC; MLflow gets params, metrics, tags and small artifacts.
+`FOURD_TRACKING=off` runs a stage untracked (e.g. on a GPU box without MLflow); otherwise MLflow is required.
+Every run of the project lands in one store: `MLFLOW_TRACKING_URI`, else `sqlite:///<project>/mlflow.db`, the project
+being `$DVC_ROOT` (set by `dvc repro` and the flow) or the checkout this code is in, whatever the working directory
+(`tracking_uri`). Heavy files stay with DVC; MLflow gets params, metrics, tags and small artifacts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from stages.common.artifacts import MANIFEST_FILE, git_sha
 from stages.common.config import flatten_config
 from stages.common.errors import StageError
 
-__all__ = ["Tracker", "stage_run", "EXPERIMENT_ENV", "PARENT_RUN_ENV", "TRACKING_ENV"]
+__all__ = ["Tracker", "stage_run", "tracking_uri", "EXPERIMENT_ENV", "PARENT_RUN_ENV", "TRACKING_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,17 @@ PARENT_RUN_ENV = "FOURD_PARENT_RUN_ID"
 TRACKING_ENV = "FOURD_TRACKING"
 """`mlflow` (default) or `off`."""
 _MAX_PARAM_CHARS = 500
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""Experiment tag that makes MLflow's UI open the experiment on its runs (not the GenAI traces page)."""
+
+
+def tracking_uri() -> str:
+    """The project's one MLflow store: `$MLFLOW_TRACKING_URI`, else `sqlite:///<project>/mlflow.db`."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    checkout = Path(__file__).resolve().parents[2]
+    root = os.environ.get("DVC_ROOT") or (checkout if (checkout / "dvc.yaml").is_file() else Path.cwd())
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 class Tracker:
@@ -83,7 +95,10 @@ def stage_run(
     except ImportError:
         raise StageError(f"MLflow is not installed: pip install mlflow, or set {TRACKING_ENV}=off") from None
 
-    mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV, "fourd"))
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV, "fourd"))
+    if EXPERIMENT_KIND[0] not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
     tags = {"stage": stage, "subject": subject, "git_sha": git_sha(), "dvc_stage": f"{stage}@{subject}"}
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     parent = os.environ.get(PARENT_RUN_ENV) or None

@@ -246,6 +246,7 @@ def run(
             manifest.write(tmp)
         tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("psnr/")}, step=trainer.step)
         tracker.log_manifest(output_dir)
+        tracker.log_artifact(output_dir / manifest.preview_file)  # the orbit video
         log.info(
             "wrote %d views × %d frames of renders to %s (PSNR input view %.2f dB)",
             len(cameras),

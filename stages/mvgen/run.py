@@ -135,5 +135,6 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
             manifest.write(tmp)
         tracker.log_manifest(output_dir)
         tracker.log_artifact(output_dir / "grid.png")
+        tracker.log_artifact(output_dir / "preview.mp4")
         log.info("wrote %d views × %d frames to %s", len(AZIMUTHS_DEG), source.num_frames, output_dir)
         return manifest

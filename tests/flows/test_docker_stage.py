@@ -146,7 +146,6 @@ def preprocess_image(base_image, tmp_path_factory):
 
 def test_preprocess_image_runs_the_stage_through_the_flow(preprocess_image, prefect_harness, tmp_path, mlflow_store):
     from flows.fourd import fourd
-    from flows.workspace import WORKSPACES_DIR
     from stages.common.artifacts import PreprocessManifest
 
     help_out = sh("docker", "run", "--rm", "--network", "none", preprocess_image, "--help").stdout
@@ -163,13 +162,13 @@ def test_preprocess_image_runs_the_stage_through_the_flow(preprocess_image, pref
         images={"preprocess": preprocess_image},
         repo=str(repo),
     )
-    ws = repo / WORKSPACES_DIR / "tiny"
     assert summary["stages"]["preprocess"]["ran"]
-    m = PreprocessManifest.load(ws / "data/preprocess/fox")
+    m = PreprocessManifest.load(repo / "data/tiny/preprocess/fox")
     assert (m.subject, m.size_px, m.num_frames) == ("fox", 32, 4)
-    assert "preprocess@fox" in yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert "preprocess@fox" in yaml.safe_load((repo / "pipelines/tiny/dvc.lock").read_text())["stages"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    status = sh(sys.executable, "-m", "dvc", "status", "preprocess@fox", cwd=ws, env=env).stdout
+    target = "pipelines/tiny/dvc.yaml:preprocess@fox"
+    status = sh(sys.executable, "-m", "dvc", "status", target, cwd=repo, env=env).stdout
     assert "up to date" in status.lower()
     import mlflow
 

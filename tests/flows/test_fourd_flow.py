@@ -1,7 +1,8 @@
 """The `fourd` flow end to end on the example subject (tiny configs, tiny 4DM weights), under Prefect's harness.
 
 One module-scoped repository copy: the first test builds the chain, the next ones rely on it being built
-(no-op rerun, config change), the last one submits two deployment runs at once.
+(no-op rerun, config change), the last one submits two deployment runs at once. Every config set runs in the
+repository itself, through its pipeline file pipelines/<set>/dvc.yaml (flows/pipelines.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ pytest.importorskip("prefect")
 pytest.importorskip("dvc")
 
 from flows.fourd import fourd  # noqa: E402
-from flows.workspace import WORKSPACES_DIR  # noqa: E402
 from stages.common.artifacts import DistillManifest, EvalManifest, MvgenManifest, PreprocessManifest  # noqa: E402
 from stages.common.config import load_config_data  # noqa: E402
+from tests.flows.builders import copy_repository  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CHAIN = ["preprocess@fox", "mvgen@fox", "distill@fox", "eval@fox"]
@@ -43,35 +44,38 @@ def mlflow_runs(store: Path) -> list:
     return mlflow.search_runs(experiment_names=["fourd"], output_format="list")
 
 
+def git_head(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+
 def ran(summary: dict) -> list[str]:
     return [s["instance"] for s in summary["stages"].values() if s["ran"]]
 
 
 def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlflow_store):
     summary = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
-    ws = tiny_repo / WORKSPACES_DIR / "tiny"
-    assert summary["workspace"] == str(ws) and ran(summary) == CHAIN
+    ws = tiny_repo / "data/tiny"
+    assert summary["pipeline"] == "pipelines/tiny/dvc.yaml" and ran(summary) == CHAIN and summary["notice"] is None
 
     # Every artifact is valid and made with the tiny configs.
-    pre = PreprocessManifest.load(ws / "data/preprocess/fox")
+    pre = PreprocessManifest.load(ws / "preprocess/fox")
     assert (pre.subject, pre.size_px, pre.num_frames) == ("fox", 32, 4)
-    mv = MvgenManifest.load(ws / "data/mvgen/fox")
+    mv = MvgenManifest.load(ws / "mvgen/fox")
     assert (mv.views.num_views, mv.views.num_frames, mv.views.size_px) == (4, 4, 32)
-    di = DistillManifest.load(ws / "data/distill/fox")
+    di = DistillManifest.load(ws / "distill/fox")
     assert (di.renders.num_views, di.renders.num_frames) == (4, 4) and di.num_steps == 2
-    ev = EvalManifest.load(ws / "data/eval/fox")
+    ev = EvalManifest.load(ws / "eval/fox")
     assert ev.prediction_stage == "distill"
     assert {"psnr", "ssim"} <= set(ev.metrics) and summary["metrics"]["psnr"] == pytest.approx(ev.metrics["psnr"])
-    assert yaml.safe_load((ws / "configs/mvgen.yaml").read_text()) == load_config_data(
+    assert yaml.safe_load((ws / "mvgen/fox/config.yaml").read_text()) == load_config_data(
         tiny_repo / "configs/tiny/mvgen.yaml"
-    )
+    )  # the set's overlay merged onto configs/mvgen.yaml
 
-    # DVC recorded every stage, nothing is stale, metrics are readable.
-    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    # DVC recorded every stage in the set's own lock file, nothing is stale, metrics are readable.
+    lock = yaml.safe_load((tiny_repo / "pipelines/tiny/dvc.lock").read_text())["stages"]
     assert set(CHAIN) <= set(lock)
-    assert "up to date" in dvc(ws, "status", "dvc.yaml").lower()  # the flow's pipeline (not the demo's)
-    assert json.loads(dvc(ws, "metrics", "show", "--json"))  # reports/eval/fox.json is a DVC metric
-    assert "psnr" in dvc(ws, "metrics", "show")
+    assert "up to date" in dvc(tiny_repo, "status", "pipelines/tiny/dvc.yaml").lower()
+    assert "psnr" in json.dumps(json.loads(dvc(tiny_repo, "metrics", "show", "--json")))  # reports/tiny/fox.json
 
     # MLflow: one parent run for the flow, one child per stage with the stage's params/metrics.
     runs = mlflow_runs(mlflow_store)
@@ -84,20 +88,35 @@ def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlf
     assert children["eval/fox"].data.metrics["psnr"] == pytest.approx(ev.metrics["psnr"])
     assert children["mvgen/fox"].data.params["num_inference_steps"] == "2"
     assert children["preprocess/fox"].data.tags["dvc_stage"] == "preprocess@fox"
+    # Every run carries the project's own commit (no copy of the repository with a git of its own).
+    assert {r.data.tags["git_sha"].removesuffix("-dirty") for r in [parent, *children.values()]} == {
+        git_head(tiny_repo)
+    }
+    # The parent carries each stage's metrics and duration, so comparing parents compares the stages.
+    assert parent.data.metrics["eval/psnr"] == pytest.approx(ev.metrics["psnr"])
+    assert {f"{s}/seconds" for s in ("preprocess", "mvgen", "distill", "eval")} <= set(parent.data.metrics)
+    # What a person wants to look at is logged: mvgen's grid and preview, distill's orbit, eval's report and grid.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_store.as_uri())
+    logged = {n: {a.path for a in client.list_artifacts(r.info.run_id)} for n, r in children.items()}
+    assert {"grid.png", "preview.mp4"} <= logged["mvgen/fox"] and "preview.mp4" in logged["distill/fox"]
+    assert {"report.html", "grid.png"} <= logged["eval/fox"]
+    assert "dvc.lock" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
     # A second run changes nothing: every stage is up to date, no stage run is opened, the lock is unchanged.
-    before = (ws / "dvc.lock").read_text()
+    before = (tiny_repo / "pipelines/tiny/dvc.lock").read_text()
     again = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
-    assert ran(again) == [] and (ws / "dvc.lock").read_text() == before
+    assert ran(again) == [] and (tiny_repo / "pipelines/tiny/dvc.lock").read_text() == before
     runs = mlflow_runs(mlflow_store)
     assert not [r for r in runs if r.data.tags.get("mlflow.parentRunId") == again["mlflow_run_id"]]
-    # The repository itself was not touched: the tiny set ran in its own workspace.
+    # The production pipeline was not touched: the tiny set has its own outputs and lock file.
     assert not (tiny_repo / "dvc.lock").exists() and not (tiny_repo / "data/preprocess/fox").exists()
+    assert not (tiny_repo / "out").exists()
 
 
 def test_config_change_reruns_only_the_affected_stages(tiny_repo):
-    ws = tiny_repo / WORKSPACES_DIR / "tiny"
-    if not (ws / "dvc.lock").is_file():
+    if not (tiny_repo / "pipelines/tiny/dvc.lock").is_file():
         pytest.skip("needs the chain built by the previous test")
     cfg_path = tiny_repo / "configs/tiny/eval.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -105,9 +124,32 @@ def test_config_change_reruns_only_the_affected_stages(tiny_repo):
     cfg_path.write_text(yaml.safe_dump(cfg))
     summary = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
     assert ran(summary) == ["eval@fox"]
-    assert yaml.safe_load((ws / "data/eval/fox/config.yaml").read_text())["image_size_px"] == 24
-    assert "image_size_px" in dvc(ws, "params", "diff", "HEAD~1")  # the workspace commits each sync
-    assert "up to date" in dvc(ws, "status", "dvc.yaml").lower()  # the flow's pipeline (not the demo's)
+    assert yaml.safe_load((tiny_repo / "data/tiny/eval/fox/config.yaml").read_text())["image_size_px"] == 24
+    assert "image_size_px" in dvc(tiny_repo, "params", "diff")  # against the commit
+    assert "up to date" in dvc(tiny_repo, "status", "pipelines/tiny/dvc.yaml").lower()
+
+
+def test_without_official_weights_the_flow_runs_the_demo_model_and_says_so(tmp_path, mlflow_store):
+    """A fresh clone (no weights/fourdm, no weights/eval): `auto` falls back to the shipped demo model, loudly."""
+    from flows.workspace import WorkspaceError
+
+    repo = copy_repository(tmp_path / "repo")
+    summary = fourd(subject="fox", stages=["preprocess"], repo=str(repo))
+    assert summary["config_set"] == "demo" and summary["pipeline"] == "pipelines/demo/dvc.yaml"
+    assert "weights/fourdm" in summary["notice"] and "a low-poly red fox" in summary["notice"]
+    assert "a cartoon robot" in summary["notice"]  # names every subject the demo model knows
+    assert PreprocessManifest.load(repo / "data/demo/preprocess/fox").size_px == 64  # configs/demo/preprocess.yaml
+    (parent,) = [r for r in mlflow_runs(mlflow_store) if r.info.run_id == summary["mlflow_run_id"]]
+    assert parent.data.tags["config_set"] == "demo" and parent.data.tags["config_set_requested"] == "auto"
+    # Asked for the production configs explicitly, the flow fails, naming what is missing on the first line.
+    with pytest.raises(WorkspaceError) as err:
+        fourd(subject="fox", config_set="default", repo=str(repo))
+    first = str(err.value).splitlines()[0]
+    assert "missing dependencies" in first and "weights/fourdm" in first and "config_set=demo" in first
+    # `make prefect-run` prints the failed run's state message, which starts with the same reason.
+    from flows.cli import last_failure
+
+    assert first in last_failure()
 
 
 def test_two_deployment_runs_submitted_at_once_both_finish(tiny_repo, tmp_path):
@@ -124,7 +166,7 @@ def test_two_deployment_runs_submitted_at_once_both_finish(tiny_repo, tmp_path):
         videos[-1].write_bytes((tiny_repo / "examples/fox/video.mp4").read_bytes())
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.fourd", "--serve"], cwd=tiny_repo, env=env, start_new_session=True
+        [sys.executable, "-m", "flows", "--serve"], cwd=tiny_repo, env=env, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 60
@@ -163,13 +205,13 @@ def test_two_deployment_runs_submitted_at_once_both_finish(tiny_repo, tmp_path):
         server.wait(30)
 
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
-    ws = tiny_repo / WORKSPACES_DIR / "tiny"
-    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    ws = tiny_repo / "data/tiny"
+    lock = yaml.safe_load((tiny_repo / "pipelines/tiny/dvc.lock").read_text())["stages"]
     for name in ("alpha", "beta"):
         assert params["subjects"][name]["input"] == f"data/raw/{name}/video.mp4"
         assert (tiny_repo / f"data/raw/{name}.dvc").is_file()
         assert (tiny_repo / f"data/raw/{name}/prompt.txt").read_text().strip() == f"a {name} fox"
-        m = PreprocessManifest.load(ws / f"data/preprocess/{name}")
+        m = PreprocessManifest.load(ws / f"preprocess/{name}")
         assert m.subject == name and m.prompt == f"a {name} fox"
         assert f"preprocess@{name}" in lock
     assert "# DVC vars" in (tiny_repo / "params.yaml").read_text()  # comments survive registration

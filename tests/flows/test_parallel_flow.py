@@ -22,10 +22,9 @@ import yaml
 pytest.importorskip("prefect")
 pytest.importorskip("dvc")
 
-import flows.fourd as fourd_module  # noqa: E402
+import flows.cli as cli_module  # noqa: E402
 from flows import GPU_STAGES  # noqa: E402
 from flows.fourd import fourd_batch  # noqa: E402
-from flows.workspace import WORKSPACES_DIR, prepare_workspace  # noqa: E402
 from stages.common.artifacts import MvgenManifest, PreprocessManifest  # noqa: E402
 from stages.common.config import load_config_data  # noqa: E402
 
@@ -77,16 +76,16 @@ def test_two_subjects_at_once_each_gpu_stage_on_its_own_device(tiny_repo, tmp_pa
         repo=str(tiny_repo),
     )
     assert summary["order"] == ["vixen", "fox"] and summary["parallel"] == 2 and summary["gpus"] == ["0", "1"]
-    ws = tiny_repo / WORKSPACES_DIR / "tiny"
-    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    lock = yaml.safe_load((tiny_repo / "pipelines/tiny/dvc.lock").read_text())["stages"]
     for subject in ("vixen", "fox"):
         res = summary["subjects"][subject]
         assert [r["instance"] for r in res["stages"].values() if r["ran"]] == [f"{s}@{subject}" for s in STAGES]
         assert res["stages"]["preprocess"]["gpu"] is None  # CPU stages take no slot
-        assert MvgenManifest.load(ws / f"data/mvgen/{subject}").subject == subject
+        assert MvgenManifest.load(tiny_repo / f"data/tiny/mvgen/{subject}").subject == subject
         assert {f"{s}@{subject}" for s in STAGES} <= set(lock)
-        assert "up to date" in dvc(ws, "status", *(f"{s}@{subject}" for s in STAGES)).lower()
-    assert PreprocessManifest.load(ws / "data/preprocess/vixen").prompt == "a vixen walking"
+        targets = (f"pipelines/tiny/dvc.yaml:{s}@{subject}" for s in STAGES)
+        assert "up to date" in dvc(tiny_repo, "status", *targets).lower()
+    assert PreprocessManifest.load(tiny_repo / "data/tiny/preprocess/vixen").prompt == "a vixen walking"
 
     runs = gpu_runs(summary)
     assert len(runs) == 2 and {r[1] for r in runs} == {"0", "1"}
@@ -96,51 +95,8 @@ def test_two_subjects_at_once_each_gpu_stage_on_its_own_device(tiny_repo, tmp_pa
     assert any(overlap(a, b) for a, b in itertools.combinations(runs, 2) if a[0][-3:] != b[0][-3:]), runs
 
 
-def test_a_workspace_sync_leaves_outputs_being_written_out_of_git(tiny_repo):
-    """A subflow that starts while another subject's stage writes its first output must not `git add` it (DVC
-    would then refuse to commit an output that git tracks)."""
-    ws = tiny_repo / WORKSPACES_DIR / "tiny"
-    if not (ws / ".git").is_dir():
-        pytest.skip("needs the workspace built by the previous test")
-    staging = ws / "data/mvgen/.ghost.staging-0123abcd"
-    staging.mkdir(parents=True)
-    (staging / "view.png").write_bytes(b"half written")
-    (ws / "data/mvgen/ghost").mkdir()
-    (ws / "data/mvgen/ghost/manifest.json").write_text("{}")
-    (tiny_repo / "configs/tiny/eval.yaml").write_text((tiny_repo / "configs/tiny/eval.yaml").read_text() + "\n")
-    before = {p: p.stat().st_mtime_ns for p in (ws / "configs").glob("*.yaml") if p.name != "eval.yaml"}
-    try:
-        assert prepare_workspace(tiny_repo, "tiny") == ws
-        # Unchanged files are not rewritten (a stage reading its config meanwhile sees it whole and unchanged).
-        assert before == {p: p.stat().st_mtime_ns for p in before}
-        tracked = subprocess.run(["git", "ls-files"], cwd=ws, capture_output=True, text=True, check=True).stdout
-        assert "configs/eval.yaml" in tracked.splitlines()  # the sync itself was committed
-        assert not [f for f in tracked.splitlines() if "ghost" in f]
-        assert not subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "configs"], cwd=ws).returncode
-    finally:
-        shutil.rmtree(staging)
-        shutil.rmtree(ws / "data/mvgen/ghost")
-
-
-def test_the_sync_commit_skips_paths_the_workspace_ignores(tmp_path):
-    """A file copied while it was still visible in the repository, but git-ignored by the time it is committed (a
-    registration's video before and after its `dvc add`), is left out instead of failing `git add`."""
-    from flows.workspace import _commit_sync
-
-    ws = tmp_path / "ws"
-    (ws / "data/raw/beta").mkdir(parents=True)
-    (ws / "data/raw/beta/video.mp4").write_bytes(b"video")
-    (ws / "data/raw/.gitignore").write_text("/beta\n")
-    (ws / "params.yaml").write_text("subjects: {}\n")
-    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
-    _commit_sync(ws, ["params.yaml", "data/raw/beta/video.mp4"], "sync", tmp_path)
-    tracked = subprocess.run(["git", "ls-files"], cwd=ws, capture_output=True, text=True, check=True).stdout.split()
-    assert tracked == ["data/raw/.gitignore", "params.yaml"]
-
-
 def test_one_gpu_the_gpu_stages_never_overlap(tiny_repo, gpu_env, prefect_harness):
-    ws = tiny_repo / WORKSPACES_DIR / "tiny"
-    if not (ws / "data/mvgen/vixen").is_dir():
+    if not (tiny_repo / "data/tiny/mvgen/vixen").is_dir():
         pytest.skip("needs the subjects built by the previous test")
     gpu_env("0")
     cfg_path = tiny_repo / "configs/tiny/mvgen.yaml"
@@ -157,17 +113,25 @@ def test_one_gpu_the_gpu_stages_never_overlap(tiny_repo, gpu_env, prefect_harnes
 
 def test_cli_keeps_the_single_subject_form_and_batches_several(monkeypatch, capsys):
     calls: list[tuple[str, tuple]] = []
-    monkeypatch.setattr(fourd_module, "fourd", _Fake("fourd", calls))
-    monkeypatch.setattr(fourd_module, "fourd_batch", _Fake("batch", calls))
-    fourd_module.main(["--video", "a.mp4", "--subject", "name", "--prompt", "p", "--config-set", "tiny"])
+    monkeypatch.setattr(cli_module, "fourd", _Fake("fourd", calls))
+    monkeypatch.setattr(cli_module, "fourd_batch", _Fake("batch", calls))
+    cli_module.main(["--video", "a.mp4", "--subject", "name", "--prompt", "p", "--config-set", "tiny"])
     assert calls[-1] == ("fourd", ("a.mp4", "name", "p", 0.0, "tiny", None, "local", None, None))
-    fourd_module.main(["--subject", "fox"])
-    assert calls[-1] == ("fourd", (None, "fox", None, 0.0, "default", None, "local", None, None))
-    fourd_module.main(["--video", "a.mp4", "--video", "b.mp4", "--fps", "8"])
-    assert calls[-1] == ("batch", (["a.mp4", "b.mp4"], [], [], 8.0, "default", None, "local", None, None, None))
-    fourd_module.main(["--subject", "fox", "--subject", "other", "--parallel", "2", "--stages", "preprocess"])
-    assert calls[-1] == ("batch", ([], ["fox", "other"], [], 0.0, "default", ["preprocess"], "local", None, None, 2))
+    cli_module.main(["--subject", "fox"])
+    assert calls[-1] == ("fourd", (None, "fox", None, 0.0, "auto", None, "local", None, None))
+    cli_module.main(["--video", "a.mp4", "--video", "b.mp4", "--fps", "8"])
+    assert calls[-1] == ("batch", (["a.mp4", "b.mp4"], [], [], 8.0, "auto", None, "local", None, None, None))
+    cli_module.main(["--subject", "fox", "--subject", "other", "--parallel", "2", "--stages", "preprocess"])
+    assert calls[-1] == ("batch", ([], ["fox", "other"], [], 0.0, "auto", ["preprocess"], "local", None, None, 2))
     capsys.readouterr()
+
+
+def test_cli_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli_module.main(["--help"])
+    text = capsys.readouterr().out
+    for action in cli_module.parser()._actions:
+        assert action.help and action.option_strings[-1] in text, action.dest  # no option is left undescribed
 
 
 class _Fake:

@@ -1,5 +1,5 @@
-"""`update_stage` (flows/fourd.py) on a two-stage toy pipeline: the DVC bookkeeping that replaced `dvc repro
---single-item` (status → command → commit), without Prefect. The toy command records the environment it saw."""
+"""`update_stage` (flows/update.py) on a two-stage toy pipeline: `dvc status`, then `dvc repro --single-item` on
+a GPU slot for GPU stages, without Prefect. The toy command records the environment it saw."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import yaml
 pytest.importorskip("dvc")
 pytest.importorskip("prefect")
 
-from flows.fourd import StageFailed, TransientStageError, update_stage  # noqa: E402
-from flows.workspace import stage_instances, subprocess_env  # noqa: E402
+from flows.pipelines import stage_instances  # noqa: E402
+from flows.update import StageFailed, TransientStageError, first_error, update_stage  # noqa: E402
+from flows.workspace import subprocess_env  # noqa: E402
 
 TOOL = """\
 import json, os, sys, time
@@ -23,6 +24,8 @@ stage, src, out = sys.argv[1:4]
 os.makedirs(out)
 open(os.path.join(out, "partial"), "w").close()  # a failed run leaves this behind
 if os.path.exists(f"fail-{stage}"):
+    print("error: the input is bad", file=sys.stderr)
+    print("cleaning up")
     sys.exit(3)
 if os.environ.get("TOUCH_DEP"):  # as if a workspace sync rewrote the dependency meanwhile
     os.utime(src, ns=(1, 1))
@@ -116,6 +119,8 @@ def test_a_failed_command_commits_nothing_and_the_old_entry_stays_stale(toy):
     with pytest.raises(StageFailed, match="mvgen@a failed \\(exit 3\\)") as err:
         update_stage(toy, plan["mvgen"], env)
     assert not isinstance(err.value, TransientStageError)
+    # The reason is on the first line (what Prefect's state message and `--watch` show).
+    assert str(err.value).splitlines()[0] == "mvgen@a failed (exit 3): error: the input is bad"
     assert lock_entry(toy, "mvgen@a") == old  # dvc.lock does not claim the failed run's output
     assert (toy / "data/mvgen/a/partial").is_file() and not (toy / "data/mvgen/a/result.json").exists()
     assert b"up to date" not in dvc(toy, "status", "mvgen@a").stdout.lower()
@@ -124,16 +129,18 @@ def test_a_failed_command_commits_nothing_and_the_old_entry_stays_stale(toy):
     assert "another video" in result(toy, "data/mvgen/a")["input"] and lock_entry(toy, "mvgen@a") != old
 
 
-def test_dependencies_changed_while_running_are_not_committed(toy):
-    env = {**subprocess_env(), "TOUCH_DEP": "1"}
-    with pytest.raises(TransientStageError, match="changed while it ran"):
-        update_stage(toy, instances(toy, "a")["preprocess"], env)
-    assert lock_entry(toy, "preprocess@a") is None
-    assert update_stage(toy, instances(toy, "a")["preprocess"], subprocess_env())["ran"]  # a retry commits
-
-
-def test_a_dvc_yaml_command_that_needs_a_shell_is_refused(toy):
+def test_the_docker_executor_refuses_a_command_that_is_not_one_stage_call(toy):
     inst = instances(toy, "a")["preprocess"]
-    bad = type(inst)(inst.stage, inst.subject, inst.cmd + " > log.txt", inst.deps, inst.outs)
-    with pytest.raises(StageFailed, match="needs a shell"):
-        update_stage(toy, bad, subprocess_env())
+    with pytest.raises(StageFailed, match="is not one `python -m stages.<stage>` call"):
+        update_stage(toy, inst, subprocess_env(), executor="docker")
+    assert lock_entry(toy, "preprocess@a") is None
+
+
+def test_first_error_picks_the_line_that_says_why():
+    assert first_error("loading\nerror: weights/fourdm: no model_index.json\nbye\n") == (
+        "error: weights/fourdm: no model_index.json"
+    )
+    assert first_error("Traceback (most recent call last):\n  x\nValueError: bad size\n") == "ValueError: bad size"
+    assert first_error("killed\n") == "killed" and first_error("") == "no output"
+    dvc = "> python -m stages.mvgen\nerror: weights/fourdm: missing\nERROR: failed to reproduce 'mvgen@fox'"
+    assert first_error(dvc) == "error: weights/fourdm: missing"  # the stage's reason, not DVC's wrapper

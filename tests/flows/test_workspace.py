@@ -11,14 +11,8 @@ import pytest
 import yaml
 
 from flows import GPU_STAGES, STAGE_ORDER
-from flows.workspace import (
-    StageInstance,
-    WorkspaceError,
-    config_set_files,
-    register_subject,
-    stage_instances,
-    workspace_lock,
-)
+from flows.pipelines import CONFIG_SETS, PipelineError, StageInstance, pipeline_file, stage_instances
+from flows.workspace import WorkspaceError, register_subject, workspace_lock
 from tests.flows.builders import REPO, copy_repository
 
 pytest.importorskip("prefect")
@@ -31,12 +25,35 @@ def test_plan_of_the_example_follows_stage_order_and_skips_render():
     assert mvgen.cmd.startswith("python -m stages.mvgen --config configs/mvgen.yaml --input data/preprocess/fox")
     assert "weights/fourdm" in mvgen.deps and mvgen.outs == ("data/mvgen/fox",)
     assert [i.stage for i in stage_instances(REPO, "fox", ["eval"])] == ["eval"]
-    with pytest.raises(WorkspaceError, match="unknown stages"):
+    with pytest.raises(PipelineError, match="unknown stages"):
         stage_instances(REPO, "fox", ["nerf"])
+
+
+def test_a_config_set_runs_its_pipeline_in_the_repository_with_its_configs_weights_and_outputs():
+    tiny = {i.stage: i for i in stage_instances(REPO, "fox", config_set="tiny")}
+    assert set(tiny) == {"preprocess", "mvgen", "distill", "eval"}
+    assert {i.pipeline for i in tiny.values()} == {"pipelines/tiny/dvc.yaml"}
+    assert tiny["mvgen"].target == "pipelines/tiny/dvc.yaml:mvgen@fox"
+    assert tiny["mvgen"].cmd == (
+        "python -m stages.mvgen --config configs/tiny/mvgen.yaml --input data/tiny/preprocess/fox "
+        "--weights weights/fourdm --output data/tiny/mvgen/fox"
+    )
+    assert tiny["eval"].outs == ("data/tiny/eval/fox", "reports/tiny/fox.json")
+    demo = {i.stage: i for i in stage_instances(REPO, "fox", config_set="demo")}
+    assert "--weights weights/demo/fourdm" in demo["distill"].cmd and "weights/fourdm" not in demo["distill"].deps
+    assert "weights/eval/lpips" not in demo["distill"].deps  # the demo's anchor loss has no LPIPS term
+    # demo-gpu has no eval config: its eval runs with the production one.
+    assert "--config configs/eval.yaml" in stage_instances(REPO, "fox", ["eval"], "demo-gpu")[0].cmd
+    assert pipeline_file("default") == "dvc.yaml"
+    with pytest.raises(PipelineError, match="config set 'huge'"):
+        pipeline_file("huge")
+    assert set(CONFIG_SETS) == {p.name for p in (REPO / "configs").iterdir() if p.is_dir()}
 
 
 def test_render_joins_for_asset_subjects_and_eval_only_with_ground_truth(tmp_path):
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["assets"] = {"dog": {"asset": "assets/dog.glb", "clip": "Run"}}
     params["subjects"]["dog"] = {"input": "data/render/dog/input", "fps": 8.0, "framing": "keep"}
@@ -48,6 +65,11 @@ def test_render_joins_for_asset_subjects_and_eval_only_with_ground_truth(tmp_pat
     assert dog[0].cmd.startswith(".venv-render/bin/python -m stages.render") and "--clip Run" in dog[0].cmd
     assert "data/render/dog" in dog[-1].deps
     assert [i.stage for i in stage_instances(tmp_path, "cat")] == ["preprocess", "mvgen", "distill"]
+    # A config set's render is the root pipeline's: the asset's render is an input every set shares.
+    (tmp_path / "pipelines" / "tiny").mkdir(parents=True)
+    (tmp_path / "pipelines/tiny/dvc.yaml").write_text((REPO / "pipelines/tiny/dvc.yaml").read_text())
+    tiny = stage_instances(tmp_path, "dog", config_set="tiny")
+    assert [i.target for i in tiny[:2]] == ["dvc.yaml:render@dog", "pipelines/tiny/dvc.yaml:preprocess@dog"]
 
 
 def test_params_and_dvc_yaml_agree():
@@ -61,31 +83,6 @@ def test_params_and_dvc_yaml_agree():
         assert (REPO / spec["ground_truth"] / "manifest.json").is_file() or spec["ground_truth"].startswith("data/")
         assert params["subjects"][subject].get("ground_truth", spec["ground_truth"]) == spec["ground_truth"]
     assert GPU_STAGES <= set(STAGE_ORDER) | {"distill"}
-
-
-def test_config_sets_are_folders_of_stage_configs():
-    tiny = config_set_files(REPO, "tiny")
-    assert set(tiny) == {s for s in STAGE_ORDER if (REPO / "configs/tiny" / f"{s}.yaml").is_file()}
-    assert config_set_files(REPO, "default")["mvgen"] == REPO / "configs/mvgen.yaml"
-    with pytest.raises(WorkspaceError, match="no folder configs/huge"):
-        config_set_files(REPO, "huge")
-    with pytest.raises(WorkspaceError, match="config set"):
-        config_set_files(REPO, "../etc")
-
-
-def test_a_set_workspace_runs_the_sets_configs_merged_onto_their_bases(tmp_path):
-    """dvc.yaml names configs/<stage>.yaml: the workspace of set `tiny` holds there the merged, complete configs
-    (a stage reads one file) and the set's run-time file as configs/runtime.yaml."""
-    from flows.workspace import prepare_workspace
-    from stages.common.config import load_config_data
-
-    repo = copy_repository(tmp_path / "repo")
-    ws = prepare_workspace(repo, "tiny")
-    for stage, src in config_set_files(repo, "tiny").items():
-        merged = yaml.safe_load((ws / "configs" / f"{stage}.yaml").read_text())
-        assert merged == load_config_data(src) and "base" not in merged, stage
-        assert set(merged) == set(yaml.safe_load((repo / "configs" / f"{stage}.yaml").read_text()))
-    assert (ws / "configs/runtime.yaml").read_text() == (repo / "configs/tiny/runtime.yaml").read_text()
 
 
 def test_register_subject_copies_adds_and_lists_the_video_once(tmp_path):
@@ -122,7 +119,7 @@ def test_workspace_lock_is_exclusive(tmp_path):
 
 
 def test_docker_command_mounts_the_workspace_and_uses_the_image_entry_point(tmp_path):
-    from flows.fourd import docker_command
+    from flows.update import docker_command
 
     inst = StageInstance(
         "mvgen",

@@ -17,20 +17,19 @@ from stages.common.config import load_config
 from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm, official_scheduler
 from stages.mvgen.training.camera_check import main as camera_check_main
-from stages.mvgen.training.demo_config import DemoModelConfig
-from stages.mvgen.training.demo_data import clip_stride, front_view, load_clip_bank, sample_windows
-from stages.mvgen.training.demo_model import (
+from stages.mvgen.training.demo_build import build_pipeline
+from stages.mvgen.training.demo_checkpoint import (
     CHECKPOINT,
     EXPORT,
     TrainState,
-    build_pipeline,
     load_checkpoint,
     load_trained_vae,
-    main,
-    run,
     save_checkpoint,
-    vae_loss,
 )
+from stages.mvgen.training.demo_config import DemoModelConfig
+from stages.mvgen.training.demo_data import clip_stride, front_view, load_clip_bank, sample_windows
+from stages.mvgen.training.demo_model import main, run
+from stages.mvgen.training.demo_phases import vae_loss
 from stages.mvgen.training.synthetic_ring import write_ring_artifact
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
 from stages.mvgen.training.demo_data import ClipBank, load_clip_bank, sample_windows
-from stages.mvgen.training.demo_model import build_caches
+from stages.mvgen.training.demo_phases import build_caches
 from stages.mvgen.training.train_fourdm import camera_gap
 
 __all__ = ["check_cameras", "main"]
