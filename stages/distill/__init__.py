@@ -12,7 +12,7 @@ __all__ = ["run", "DistillConfig", "DistillManifest"]
 
 
 def __getattr__(name: str) -> object:
-    # `run` imports torch: it is loaded on first use, so that reading a config does not (tests/test_imports.py).
+    # `run` imports torch: loaded on first use, so that reading a config does not (tests/test_config_imports.py).
     # Import it through this package only: a direct `import stages.distill.run` would bind the module to this name.
     if name == "run":
         from stages.distill.run import run

@@ -12,7 +12,7 @@ __all__ = ["EvalConfig", "EvalManifest", "run"]
 
 
 def __getattr__(name: str) -> object:
-    # `run` imports torch: it is loaded on first use, so that reading a config does not (tests/test_imports.py).
+    # `run` imports torch: loaded on first use, so that reading a config does not (tests/test_config_imports.py).
     # Import it through this package only: a direct `import stages.eval.run` would bind the module to this name.
     if name == "run":
         from stages.eval.run import run

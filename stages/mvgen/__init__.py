@@ -42,8 +42,9 @@ _LAZY = {
     "predicted_x0": _PIPELINE,
     "prediction_type": _PIPELINE,
 }
-"""Names loaded on first use: they import torch and diffusers, which reading a config must not (tests/test_imports.py).
-Import them through this package only: a direct `import stages.mvgen.run` would bind the module to the name `run`."""
+"""Names loaded on first use: they import torch and diffusers, which reading a config must not
+(tests/test_config_imports.py). Import them through this package only: a direct `import stages.mvgen.run` would bind
+the module to the name `run`."""
 
 
 def __getattr__(name: str) -> object:

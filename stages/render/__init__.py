@@ -25,8 +25,8 @@ __all__ = [
 ]
 
 _LAZY = {"run": "stages.render.run", "BatchSummary": "stages.render.run", "render_asset": "stages.render.run"}
-"""Names loaded on first use, so that reading a config imports no numerical code (tests/test_imports.py). Import
-them through this package only: a direct `import stages.render.run` would bind the module to the name `run`."""
+"""Names loaded on first use, so that reading a config imports no numerical code (tests/test_config_imports.py).
+Import them through this package only: a direct `import stages.render.run` would bind the module to the name `run`."""
 
 
 def __getattr__(name: str) -> object:
