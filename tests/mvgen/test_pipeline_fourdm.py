@@ -120,7 +120,6 @@ def test_windowed_sampling_continues_from_the_frames_of_the_earlier_pass(pipe):
     assert not np.allclose(a.images[:, 1:3], b.images[:, 1:3])
     assert not np.allclose(a.images[:, 0], b.images[:, 0])  # the first pass's frame 0 depends on frames 1 and 2 …
     assert not np.allclose(a.images[:, 3:], b.images[:, 3:])  # … and the second pass continues from it
-    np.testing.assert_array_equal(sample_windows(base).images, a.images)  # nothing else differs between the runs
 
 
 def test_a_window_as_long_as_the_input_is_one_pass(pipe):
