@@ -1,7 +1,7 @@
 """Parity report: our converted pieces against the official 4Diffusion source, as JSON and a Markdown table.
 
     PYTHONPATH=$PWD:<site with the official code's dependencies> python -m benchmarks.parity.report \\
-        --official-src /path/to/4Diffusion --output benchmarks/results/parity.json
+        --official-src /path/to/4Diffusion --output benchmarks/results/parity_cpu.json
 
 Every comparison of benchmarks/parity/pieces.py runs once on tiny seeded models (fp32, CPU), then the negative
 controls (our side perturbed as a bug would) run the same comparisons. `tests/parity` asserts the same numbers.
