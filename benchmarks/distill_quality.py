@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ from stages.common.artifacts import MvgenManifest, PreprocessManifest, RenderMan
 from stages.common.cameras import OrbitCamera, load_cameras, save_cameras  # noqa: E402
 from stages.common.config import load_config_data, validate_config  # noqa: E402
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_rgba  # noqa: E402
-from stages.distill import DistillConfig, run as run_distill  # noqa: E402
+from stages.distill import DistillConfig  # noqa: E402
+from stages.distill import run as run_distill  # noqa: E402
 from stages.distill.trainer import Trainer  # noqa: E402
 from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim  # noqa: E402
 
@@ -224,6 +226,15 @@ def run_recipe(name: str, config: DistillConfig, args: argparse.Namespace, gt: G
     }, finals.get("rgb")
 
 
+def machine(device: str) -> dict:
+    """distill_step's machine record; a CPU run names the CPU instead of calling itself a smoke run."""
+    cuda = torch.cuda.is_available() and device != "cpu"
+    record = environment(torch.device("cuda" if cuda else "cpu"))
+    if not cuda:
+        record["gpu"] = f"none (CPU, {os.cpu_count()} cores)"
+    return record
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -302,9 +313,7 @@ def main() -> None:
     result = {
         "subject": args.subject,
         "oracle": bool(args.oracle_size),
-        "environment": environment(
-            torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-        ),
+        "environment": machine(args.device),
         "code_version": git_sha(),
         "mvgen": score(mv_rgb, mv_alpha, gt, list(range(4)), args.image_size),
         "gt_azimuths_deg": [c.azimuth_deg for c in gt.cameras],
