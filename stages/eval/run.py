@@ -33,6 +33,7 @@ from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.image_io import atomic_write_bytes
+from stages.common.logs import progress
 from stages.common.lpips import LPIPSVGG
 from stages.common.tracking import stage_run
 from stages.eval.config import EvalConfig
@@ -336,7 +337,7 @@ def _evaluate(
                     .double()
                     .cpu()
                     .numpy()
-                    for i in range(0, len(flat_pred), config.batch_size)
+                    for i in progress(range(0, len(flat_pred), config.batch_size), desc="LPIPS", unit="batch")
                 ]
             )
         metrics["lpips"] = _mean(per_frame["lpips"].tolist())
