@@ -104,8 +104,12 @@ TRANSITIVE_PINS = {"scipy"}
 """Pinned in an extra for reproducible images though the stage imports it only through another package."""
 
 
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
 def requirement_name(requirement: str) -> str:
-    return re.split(r"[=<>!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    return normalise(re.split(r"[=<>!~;\[ ]", requirement, maxsplit=1)[0])
 
 
 def installed_extras(path: Path) -> set[str]:
@@ -156,7 +160,7 @@ def test_each_stage_image_installs_its_own_extra_and_no_other_stage(stage):
 def test_stage_extra_holds_what_the_stage_imports_and_nothing_else(stage):
     from importlib.metadata import packages_distributions
 
-    owners = {m: {d.lower() for d in ds} for m, ds in packages_distributions().items()}
+    owners = {m: {normalise(d) for d in ds} for m, ds in packages_distributions().items()}
     base = {requirement_name(r) for r in PROJECT["dependencies"]}
     extra = {requirement_name(r) for r in EXTRAS[stage]}
     used = set()
