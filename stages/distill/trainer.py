@@ -389,13 +389,15 @@ class Trainer:
             self.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
             log.info("resumed from %s at step %d", checkpoint_dir, self.step)
         metrics: dict[str, Tensor | float] = {}
+        first = self.step + 1
         steps = progress(range(self.step, num_steps), desc="distill", total=num_steps, initial=self.step)
         for _ in steps:
             metrics = self.step_tensors()
-            if self.step % cfg.log_every_steps == 0 or self.step == num_steps:
+            logged = self.step % cfg.log_every_steps == 0 or self.step == num_steps
+            if logged or self.step == first:  # the first step too: the first progress line shows losses
                 floats = metrics_to_floats(metrics)
                 steps.set_postfix({k: floats[k] for k in PROGRESS_METRICS if k in floats})
-                if on_metrics is not None:
+                if logged and on_metrics is not None:
                     on_metrics(self.step, floats)
             if on_validate is not None and self.step % cfg.validate_every_steps == 0:
                 on_validate(self.step)
