@@ -51,7 +51,7 @@ def test_off_a_terminal_lines_come_at_the_bounded_rate_with_eta_and_metrics(fake
     assert first.endswith("; loss/total 0.03, psnr/anchor 20")  # the metrics of the 4th step
     assert lines[-2].startswith("distill: step 146/150 (97%), 4:48 elapsed, ETA 0:12")
     assert lines[-1] == "distill: step 150/150 done in 5:00, 3 s/step; loss/total 0.99, psnr/anchor 20"
-    assert sys.stderr.getvalue() == ""  # no bar
+    assert "\r" not in sys.stderr.getvalue() and "%|" not in sys.stderr.getvalue()  # no bar (log lines may be there)
 
 
 def test_interval_is_capped_at_30_s_and_short_loops_stay_quiet(fake_clock, caplog, monkeypatch):

@@ -91,9 +91,6 @@ def test_a_stage_in_the_images_environment_records_its_commit_without_git_warnin
     assert proc.returncode == 0, proc.stderr
     assert "git" not in proc.stderr.replace(str(tmp_path), "").lower(), proc.stderr
     assert PreprocessManifest.load(tmp_path / "out").code_version == "0123abc"
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    try:
-        assert only_run("preprocess/fox").data.tags["git_sha"] == "0123abc"
-    finally:
-        mlflow.set_tracking_uri(before)
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])  # mlflow.set_tracking_uri would outlive the test
+    (run,) = client.search_runs([client.get_experiment_by_name("fourd").experiment_id])
+    assert run.info.run_name == "preprocess/fox" and run.data.tags["git_sha"] == "0123abc"
