@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
-EXTRAS := dev,pipeline,rembg
+EXTRAS := all,dev,pipeline,rembg
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
@@ -144,12 +144,14 @@ prefect-run: setup
 prefect-env:
 	@echo "export $(PREFECT_ENV)"
 
-## Build the stage images fourd/<stage>:0.1.0 (DOCKER_STAGES, DOCKER_BUILD_ARGS: docker/wheels/README.md)
+## Build the stage images fourd/<stage>:0.1.0 (DOCKER_STAGES, DOCKER_BUILD_ARGS: docker/README.md); they record this commit
 DOCKER_STAGES ?= preprocess eval render mvgen distill
 DOCKER_BUILD_ARGS ?=
+CODE_VERSION = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
 docker-images:
 	for s in $(DOCKER_STAGES); do \
-		docker build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile.$$s -t fourd/$$s:0.1.0 . || exit 1; done
+		docker build --build-arg FOURD_CODE_VERSION=$(CODE_VERSION) $(DOCKER_BUILD_ARGS) \
+			-f docker/Dockerfile.$$s -t fourd/$$s:0.1.0 . || exit 1; done
 
 ## Opt-in: build the preprocess image from local wheels and run its stage through the flow (docker/wheels/README.md)
 test-docker: setup

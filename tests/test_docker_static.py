@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
+import tomllib
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,99 @@ def test_offline_wheel_folder_is_in_the_build_context():
     assert (REPO / "docker" / "wheels" / "README.md").is_file()
     for path in DOCKERFILES:
         assert "COPY docker/wheels /wheels" in path.read_text(), path.name
+
+
+# -- what each image installs: pyproject's per-stage extras --------------------------------------------------------
+
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+EXTRAS = PROJECT["optional-dependencies"]
+PIP_STAGES = ("preprocess", "mvgen", "distill", "eval")
+"""Stages whose image installs the project with its extra (render: its own requirements.txt, bpy needs numpy<2)."""
+OPTIONAL_IMPORTS = {"rembg", "onnxruntime", "tinycudann", "triton"}
+"""Imported only when a config asks for them: the rembg extra, docker/tcnn, the CUDA torch wheel's own triton."""
+TRANSITIVE_PINS = {"scipy"}
+"""Pinned in an extra for reproducible images though the stage imports it only through another package."""
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def requirement_name(requirement: str) -> str:
+    return normalise(re.split(r"[=<>!~;\[ ]", requirement, maxsplit=1)[0])
+
+
+def installed_extras(path: Path) -> set[str]:
+    """Every extra a Dockerfile's `pip install` lines ask for (`".[a,b]"`)."""
+    found = set()
+    for word, args in instructions(path):
+        if word == "RUN":
+            for group in re.findall(r"\.\[([^\]]*)\]", args):
+                found |= {e.strip() for e in group.split(",")}
+    return found
+
+
+def third_party_imports(stage: str) -> set[str]:
+    """Top-level modules imported by stages/<stage>, stages/common and the stage packages they import."""
+    todo, seen, modules = [stage, "common"], set(), set()
+    while todo:
+        package = todo.pop()
+        if package in seen:
+            continue
+        seen.add(package)
+        for file in (REPO / "stages" / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(file.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "stages" and len(parts) > 1:
+                        todo.append(parts[1])
+                    elif parts[0] not in sys.stdlib_module_names and parts[0] not in ("__future__", "stages"):
+                        modules.add(parts[0])
+    return modules
+
+
+def test_every_extra_a_dockerfile_installs_exists_in_pyproject():
+    for path in DOCKERFILES:
+        unknown = installed_extras(path) - set(EXTRAS)
+        assert not unknown, f"{path.name} installs extras {sorted(unknown)}; pyproject.toml defines {sorted(EXTRAS)}"
+
+
+@pytest.mark.parametrize("stage", PIP_STAGES)
+def test_each_stage_image_installs_its_own_extra_and_no_other_stage(stage):
+    extras = installed_extras(REPO / "docker" / f"Dockerfile.{stage}")
+    assert stage in extras and not (extras & set(PIP_STAGES)) - {stage}, extras
+
+
+@pytest.mark.parametrize("stage", PIP_STAGES)
+def test_stage_extra_holds_what_the_stage_imports_and_nothing_else(stage):
+    from importlib.metadata import packages_distributions
+
+    owners = {m: {normalise(d) for d in ds} for m, ds in packages_distributions().items()}
+    base = {requirement_name(r) for r in PROJECT["dependencies"]}
+    extra = {requirement_name(r) for r in EXTRAS[stage]}
+    used = set()
+    for package, installs in (("common", base), (stage, base | extra)):
+        for module in sorted(third_party_imports(package) - OPTIONAL_IMPORTS):
+            # e.g. `mlflow` comes from mlflow-skinny (the base) or the full mlflow: either is fine
+            provided = owners.get(module, set()) & installs
+            assert provided, f"stages.{package} imports {module}: {sorted(owners.get(module, []))} not installed"
+            used |= provided
+    assert extra - TRANSITIVE_PINS <= used, f"the {stage} extra installs {sorted(extra - used)}, never imported"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_header_run_command_runs_as_the_caller_offline_and_the_image_knows_its_commit(path):
+    header = re.sub(r"\\\n#", " ", "".join(takewhile(lambda line: line.startswith("#"), path.open())))
+    (run,) = [line for line in header.splitlines() if "docker run" in line]
+    assert '--user "$(id -u):$(id -g)"' in run and "--network none" in run, run  # a root-owned mount is not writable
+    assert f"fourd/{path.suffix.lstrip('.')}:" in run
+    assert '--build-arg FOURD_CODE_VERSION="$(git rev-parse HEAD)"' in header
+    ins = instructions(path)
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
+    assert ("ARG", "FOURD_CODE_VERSION=unknown") in final
+    env = " ".join(a for w, a in final if w == "ENV")
+    assert "FOURD_CODE_VERSION=$FOURD_CODE_VERSION" in env and "GIT_PYTHON_REFRESH=quiet" in env
+    assert ("LABEL", "org.opencontainers.image.revision=$FOURD_CODE_VERSION") in final

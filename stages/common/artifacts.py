@@ -49,9 +49,16 @@ CONFIG_FILE = "config.yaml"
 M = TypeVar("M", bound="Manifest")
 
 
+CODE_VERSION_ENV = "FOURD_CODE_VERSION"
+"""Where code without its git repository learns its commit: the stage images set it from a build arg."""
+
+
 @lru_cache(maxsize=1)
 def git_sha() -> str:
-    """The commit of the code that runs, with `-dirty` when the tree has changes; `unknown` outside git."""
+    """The commit of the code that runs, with `-dirty` when the tree has changes: `$FOURD_CODE_VERSION` when set
+    (a container has no git), else git's answer; `unknown` outside git."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
@@ -263,6 +270,8 @@ class DistillManifest(Manifest):
     """The occupancy grid shared over time (`occupancy`, `binary`, resolution³ cells, x-major)."""
     preview_file: str = "preview.mp4"
     """Orbit-over-time preview on white (for people; no stage reads it)."""
+    train_log_file: str = "train_log.jsonl"
+    """The losses of every `log_every_steps`-th step, one JSON object a line (`step`, `loss/…`, `psnr/anchor`)."""
     hash_backend: Literal["torch", "tcnn", "triton"]
     """Hash grid implementation that trained the field."""
     num_steps: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_preview_video, write_rgba
+from stages.common.logs import progress
 from stages.common.seeding import deterministic_algorithms, make_generator, seed_everything
 from stages.common.tracking import stage_run
 from stages.distill.config import DistillConfig
@@ -33,7 +35,7 @@ from stages.distill.losses import anchor_target, load_anchor_lpips
 from stages.distill.trainer import AnchorTarget, Trainer, build_field, field_kwargs
 from stages.mvgen import load_fourdm
 
-__all__ = ["run", "EVAL_AZIMUTHS_DEG"]
+__all__ = ["run", "write_train_log", "EVAL_AZIMUTHS_DEG"]
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +160,16 @@ def run(
                 write_rgba(path, np.dstack([strip, np.full(strip.shape[:2], 255, np.uint8)]))
                 tracker.log_artifact(path, "validation")
 
+        train_log: list[dict[str, float]] = []
+
+        def on_metrics(step: int, metrics: dict[str, float]) -> None:
+            tracker.log_metrics(metrics, step=step)
+            train_log.append({"step": step, **metrics})
+
         final = trainer.fit(
             config.num_steps,
             checkpoint_dir=checkpoint_dir,
-            on_metrics=lambda step, m: tracker.log_metrics(m, step=step),
+            on_metrics=on_metrics,
             on_validate=validate,
             on_step=on_step,
         )
@@ -178,16 +186,19 @@ def run(
             source_indices=views.source_indices,
         )
         input_camera = OrbitCamera.from_angles(0, 0.0, 0.0, config.cameras.radius, config.cameras.fov_y_deg)
+        manifest_fields = DistillManifest.model_fields
         with staged_output_dir(output_dir) as tmp:
             dump_config(config, tmp / CONFIG_FILE)
             files = [CONFIG_FILE, *save_field(tmp, field, field_kwargs(config), trainer.occupancy)]
-            for cam in cameras:
-                for f in range(views.num_frames):
-                    write_rgba(renders.frame_path(tmp, cam.view, f), _render(trainer, cam, f, size))
+            train_log_file = manifest_fields["train_log_file"].default
+            write_train_log(tmp / train_log_file, train_log)
+            files.append(train_log_file)
+            jobs = [(cam, f) for cam in cameras for f in range(views.num_frames)]
+            for cam, f in progress(jobs, desc="distill renders", unit="frame"):
+                write_rgba(renders.frame_path(tmp, cam.view, f), _render(trainer, cam, f, size))
             (tmp / ORBIT_DIR).mkdir(parents=True, exist_ok=True)
             save_cameras(tmp / renders.cameras_file, cameras)
             files += renders.file_list()
-            manifest_fields = DistillManifest.model_fields
             input_template = manifest_fields["input_view_template"].default
             metrics = dict(final)
             input_renders = []
@@ -213,7 +224,9 @@ def run(
                         size,
                     )
                 )
-                for az, f in orbit_trajectory(views.num_frames, config.preview_segments)
+                for az, f in progress(
+                    orbit_trajectory(views.num_frames, config.preview_segments), desc="distill preview", unit="frame"
+                )
             ]
             preview_file = manifest_fields["preview_file"].default
             write_preview_video(tmp / preview_file, preview, mvgen.fps or 8.0)
@@ -255,6 +268,12 @@ def run(
             metrics["psnr/input_view"],
         )
         return manifest
+
+
+def write_train_log(path: Path, records: list[dict[str, float]]) -> None:
+    """The losses of every logged step as JSON lines (`{"step": …, "loss/total": …, …}`), for people and the eval
+    report's loss curves. A run that resumed from a checkpoint logs the steps it trained itself."""
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
 
 
 def _eval_cameras(config: DistillConfig) -> list[OrbitCamera]:

@@ -54,6 +54,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PROGRESS_METRICS = (
+    "loss/total",
+    "loss/sds",
+    "loss/anchor_lpips",
+    "loss/anchor_dssim",
+    "loss/anchor_l1",
+    "loss/reconstruction_rgb",
+    "psnr/anchor",
+)
+"""The metrics a progress line or bar shows (when the step computes them), read every `log_every_steps`."""
+
 
 def metrics_to_floats(metrics: dict[str, Tensor | float]) -> dict[str, float]:
     """Logged terms as Python floats: the tensors are read from the device in one transfer."""
@@ -378,10 +389,16 @@ class Trainer:
             self.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
             log.info("resumed from %s at step %d", checkpoint_dir, self.step)
         metrics: dict[str, Tensor | float] = {}
-        for _ in progress(range(self.step, num_steps), desc="distill", total=num_steps - self.step):
+        first = self.step + 1
+        steps = progress(range(self.step, num_steps), desc="distill", total=num_steps, initial=self.step)
+        for _ in steps:
             metrics = self.step_tensors()
-            if on_metrics is not None and (self.step % cfg.log_every_steps == 0 or self.step == num_steps):
-                on_metrics(self.step, metrics_to_floats(metrics))
+            logged = self.step % cfg.log_every_steps == 0 or self.step == num_steps
+            if logged or self.step == first:  # the first step too: the first progress line shows losses
+                floats = metrics_to_floats(metrics)
+                steps.set_postfix({k: floats[k] for k in PROGRESS_METRICS if k in floats})
+                if logged and on_metrics is not None:
+                    on_metrics(self.step, floats)
             if on_validate is not None and self.step % cfg.validate_every_steps == 0:
                 on_validate(self.step)
             if on_step is not None:

@@ -1,8 +1,10 @@
-"""report.html: one self-contained page per subject (inline CSS and base64 PNGs, no network, no scripts).
+"""report.html: one page per subject (inline CSS, base64 PNGs and SVG charts, no network, no scripts).
 
-It shows the metrics with the skipped ones and why, our row beside the paper's published rows with the
-comparability note, ground truth above prediction for every view over time, and the protocol the numbers
-depend on. The page has no timestamp, so equal inputs give equal bytes.
+It shows the 4D asset's orbit video (a distill prediction's preview.mp4, copied beside the page), the metrics with
+the skipped ones and why, each view's metrics, our row beside the paper's published rows with the comparability
+note, ground truth above (the mvgen views the field was fitted to, then) the prediction for every view over time,
+the distillation's loss curves, and the protocol the numbers depend on. The page has no timestamp, so equal inputs
+give equal bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import base64
 import html
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -39,7 +41,7 @@ h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.ours{background:#eef6ff;font-weight:600}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem 1rem}.skip{color:#a33}
-img{image-rendering:auto;max-width:100%}
+img{image-rendering:auto;max-width:100%}svg.curve{margin:0 .5rem .5rem 0}
 """
 
 
@@ -50,6 +52,8 @@ class ReportView:
     title: str
     metrics: Mapping[str, float]
     png: bytes
+    reference_metrics: Mapping[str, float] = field(default_factory=dict)
+    """The mvgen view's `psnr` and `ssim` against the same ground truth, when the report shows the mvgen views."""
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -59,25 +63,28 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def view_strip(ground_truth: np.ndarray, prediction: np.ndarray, thumb_px: int) -> np.ndarray:
-    """Ground-truth frames above predicted frames, left to right in time.
+def view_strip(
+    ground_truth: np.ndarray, prediction: np.ndarray, thumb_px: int, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """Ground-truth frames above (the reference frames above) predicted frames, left to right in time.
 
     Args:
         ground_truth: uint8 (F, H, W, 3) RGB on white.
         prediction: uint8 (F, H', W', 3) RGB on white.
         thumb_px: side of each thumbnail.
+        reference: uint8 (F, H'', W'', 3) RGB on white, the middle row (the mvgen views a field was fitted to).
 
     Returns:
-        uint8 (2·thumb_px + 2, F·(thumb_px + 2), 3), grey separators.
+        uint8 (R·thumb_px + 2(R-1), F·(thumb_px + 2), 3) with R rows (2 or 3), grey separators.
     """
     rows = []
-    for frames in (ground_truth, prediction):
+    for frames in (ground_truth, *([] if reference is None else [reference]), prediction):
         size = (thumb_px, thumb_px)
         thumbs = [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames]
         gap = np.full((thumb_px, 2, 3), 200, np.uint8)
         rows.append(np.concatenate([x for t in thumbs for x in (t, gap)], axis=1))
     sep = np.full((2, rows[0].shape[1], 3), 200, np.uint8)
-    return np.concatenate([rows[0], sep, rows[1]], axis=0)
+    return np.concatenate([x for row in rows for x in (row, sep)][:-1], axis=0)
 
 
 def _fmt(value: float | None, metric: str) -> str:
@@ -105,8 +112,16 @@ def render_report(
     protocol: Mapping[str, object],
     code_version: str,
     psnr_capped_frames: int,
+    video: str | None = None,
+    loss_curves: Sequence[str] = (),
 ) -> str:
-    """The report as one HTML string (module docstring)."""
+    """The report as one HTML string (module docstring).
+
+    Args:
+        video: the orbit video's path relative to the page (a distill prediction's), or None.
+        loss_curves: inline SVG charts of the distillation's losses (`report_media.loss_curves_svg`).
+    """
+    reference = any(view.reference_metrics for view in views)
     out: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -116,7 +131,14 @@ def render_report(
         f"code {_e(code_version)}.</p>",
     ]
 
-    # 1. Our metrics, skipped ones with the reason and the file they wanted.
+    # 1. The 4D asset itself, orbiting while time plays.
+    if video is not None:
+        out.append(
+            f'<h2>The 4D asset</h2><video id="orbit" src="{_e(video)}" controls autoplay loop muted playsinline '
+            'width="512"></video><p>Orbit of the distilled field while time plays (the preview of its artifact).</p>'
+        )
+
+    # 2. Our metrics, skipped ones with the reason and the file they wanted.
     out.append(
         '<h2>Metrics</h2><table id="metrics"><tr><th class="l">metric</th><th>value</th>'
         '<th class="l">meaning</th></tr>'
@@ -136,7 +158,20 @@ def render_report(
     if psnr_capped_frames:
         out.append(f"<p>{psnr_capped_frames} frame(s) were identical to the ground truth: PSNR capped at 100 dB.</p>")
 
-    # 2. Our row beside the paper's.
+    # 3. Per view; with the mvgen views, theirs beside (what the field was fitted to, against the same truth).
+    keys = [k for k in METRIC_INFO if any(k in view.metrics for view in views)]
+    out.append('<h2>Per view</h2><table id="per-view"><tr><th class="l">view</th>')
+    out.extend(f"<th>{_e(METRIC_INFO[k][0])} {METRIC_INFO[k][1]}</th>" for k in keys)
+    out.append("<th>mvgen PSNR ↑</th><th>mvgen SSIM ↑</th>" if reference else "")
+    out.append("</tr>")
+    for view in views:
+        cells = "".join(f"<td>{_fmt(view.metrics.get(k), k)}</td>" for k in keys)
+        if reference:
+            cells += "".join(f"<td>{_fmt(view.reference_metrics.get(k), k)}</td>" for k in ("psnr", "ssim"))
+        out.append(f"<tr><td class='l'>{_e(view.title)}</td>{cells}</tr>")
+    out.append("</table>")
+
+    # 4. Our row beside the paper's.
     out.append("<h2>Beside the paper</h2>")
     ours = {**metrics}
     if "fvd_consistent4d" in metrics:
@@ -154,8 +189,10 @@ def render_report(
         out.append("</table>")
     out.append(f'<p class="note">{_e(COMPARABILITY_NOTE)}</p>')
 
-    # 3. Ground truth above prediction, per view over time.
-    out.append("<h2>Views: ground truth (top) and prediction (bottom), time left to right</h2>")
+    # 5. Ground truth above (mvgen above) prediction, per view over time.
+    rows = "ground truth (top), mvgen (middle) and prediction (bottom)" if reference else ""
+    rows = rows or "ground truth (top) and prediction (bottom)"
+    out.append(f"<h2>Views: {rows}, time left to right</h2>")
     for view in views:
         summary = ", ".join(f"{METRIC_INFO[k][0]} {_fmt(v, k)}" for k, v in view.metrics.items())
         data = base64.b64encode(view.png).decode("ascii")
@@ -164,7 +201,13 @@ def render_report(
             f'<img alt="{_e(view.title)}" src="data:image/png;base64,{data}">'
         )
 
-    # 4. What the numbers depend on.
+    # 6. How the distillation went.
+    if loss_curves:
+        out.append('<h2>Distillation losses</h2><div id="losses">')
+        out.extend(loss_curves)
+        out.append("</div>")
+
+    # 7. What the numbers depend on.
     out.append('<h2>Protocol</h2><table id="protocol">')
     out.extend(f"<tr><td class='l'>{_e(k)}</td><td class='l'>{_e(v)}</td></tr>" for k, v in protocol.items())
     out.append("</table></body></html>")

@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,6 +34,7 @@ from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.image_io import atomic_write_bytes
+from stages.common.logs import progress
 from stages.common.lpips import LPIPSVGG
 from stages.common.tracking import stage_run
 from stages.eval.config import EvalConfig
@@ -52,6 +54,13 @@ from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim
 from stages.eval.metrics.weights import MissingWeights
 from stages.eval.pairing import EvalPairs, load_frames, pair_view_sets
 from stages.eval.report import METRIC_INFO, ReportView, png_bytes, render_report, view_strip
+from stages.eval.report_media import (
+    copy_preview,
+    load_mvgen_reference,
+    loss_curves_svg,
+    read_train_log,
+    score_reference,
+)
 
 __all__ = ["run", "CLIP_METRICS", "FVD_METRICS"]
 
@@ -129,6 +138,7 @@ def run(
     output_dir: Path,
     weights_dir: Path | None = None,
     metrics_path: Path | None = None,
+    mvgen_dir: Path | None = None,
 ) -> EvalManifest:
     """Score predicted views against ground-truth views; writes metrics.json, per_frame.csv, report.html.
 
@@ -139,6 +149,8 @@ def run(
         weights_dir: folder with clip/, lpips/ and i3d/ (stages/eval/README.md); a metric whose files are
             missing is recorded as skipped, the others are still computed.
         metrics_path: also write metrics.json here (a DVC metrics file outside the artifact folder).
+        mvgen_dir: the mvgen artifact a distill prediction was fitted to: report.html shows its views between the
+            ground truth and the prediction, with their PSNR/SSIM (not part of metrics.json).
 
     Raises:
         StageError: unreadable artifacts, views or frames that cannot be paired, broken weight files.
@@ -154,6 +166,9 @@ def run(
         raise StageError(f"prediction is of subject {prediction.subject!r}, ground truth of {truth.subject!r}")
     pairs = pair_view_sets(prediction_dir, pred_views, ground_truth_dir, truth.gt, config.camera_tolerance_deg)
     subject = prediction.subject
+    reference = None
+    if mvgen_dir is not None:
+        reference = load_mvgen_reference(mvgen_dir, prediction, pairs, config.camera_tolerance_deg)
     log.info(
         "%s: %s views × %d frames paired with ground-truth views %s, input frames %s",
         subject,
@@ -178,7 +193,16 @@ def run(
     tags = {f"skipped.{k}": f"{v.reason}: {v.wanted}" for k, v in skipped.items()}
     with stage_run("eval", config, subject=subject, extra_tags=tags) as tracker:
         result = _evaluate(
-            config, pairs, prediction_dir, pred_views, ground_truth_dir, truth, clip, lpips_net, i3d, device, skipped
+            config,
+            pairs,
+            prediction_dir,
+            pred_views,
+            ground_truth_dir,
+            truth,
+            (clip, lpips_net, i3d),
+            device,
+            skipped,
+            reference,
         )
         metrics, rows, features, strips = result
 
@@ -204,8 +228,10 @@ def run(
                 )
                 features_file = FEATURES_FILE
                 files.append(FEATURES_FILE)
-            Image.fromarray(np.concatenate([s for _, _, s in strips], axis=0)).save(tmp / "grid.png", format="PNG")
+            Image.fromarray(np.concatenate([v.strip for v in strips], axis=0)).save(tmp / "grid.png", format="PNG")
             files.append("grid.png")
+            video = copy_preview(prediction_dir, prediction, tmp)
+            files += [video] if video else []
             view_pairs = [
                 ViewPair(
                     prediction_view=p.view,
@@ -220,11 +246,16 @@ def run(
                 prediction_stage=prediction.stage,
                 metrics=metrics,
                 skipped=skipped,
-                views=[ReportView(title=t, metrics=m, png=png_bytes(s)) for t, m, s in strips],
+                views=[
+                    ReportView(title=v.title, metrics=v.metrics, png=png_bytes(v.strip), reference_metrics=v.reference)
+                    for v in strips
+                ],
                 source_indices=[s for _, _, s in pairs.frames],
                 protocol=protocol,
                 code_version=git_sha(),
                 psnr_capped_frames=capped,
+                video=video,
+                loss_curves=loss_curves_svg(read_train_log(prediction_dir, prediction)),
             )
             (tmp / "report.html").write_text(report, encoding="utf-8")
             files.append("report.html")
@@ -252,7 +283,7 @@ def run(
             atomic_write_bytes(Path(metrics_path), metrics_text.encode("utf-8"))
 
         tracker.log_metrics(metrics)
-        for name in ("report.html", "grid.png", "per_frame.csv", "metrics.json"):
+        for name in ("report.html", "grid.png", "per_frame.csv", "metrics.json", *([video] if video else [])):
             tracker.log_artifact(output_dir / name)
         tracker.log_manifest(output_dir)
         log.info(
@@ -272,13 +303,16 @@ def _evaluate(
     pred_views: ViewSet,
     ground_truth_dir: Path,
     truth: RenderManifest,
-    clip: ClipImageEncoder | None,
-    lpips_net: LPIPSVGG | None,
-    i3d: InceptionI3d | None,
+    networks: tuple[ClipImageEncoder | None, LPIPSVGG | None, InceptionI3d | None],
     device: torch.device,
     skipped: dict[str, SkippedMetric],
-) -> tuple[dict[str, float], list[dict], tuple[np.ndarray, np.ndarray] | None, list[tuple[str, dict, np.ndarray]]]:
-    """Compute every metric that has its network; returns (metrics, per-frame rows, I3D features, view strips)."""
+    reference: np.ndarray | None,
+) -> tuple[dict[str, float], list[dict], tuple[np.ndarray, np.ndarray] | None, list[_ViewBlock]]:
+    """Compute every metric that has its network; returns (metrics, per-frame rows, I3D features, view blocks).
+
+    `networks` is (CLIP, LPIPS, I3D), None where the weights are missing; `reference` the mvgen views (V, F, H, W, 3)
+    a distill prediction was fitted to, shown and scored beside it."""
+    clip, lpips_net, i3d = networks
     # 1. Images on white, in pair order: (V, F, H, W, 3) each side, then both at the protocol resolution.
     pred_frames = [f for f, _, _ in pairs.frames]
     gt_frames = [g for _, g, _ in pairs.frames]
@@ -336,7 +370,7 @@ def _evaluate(
                     .double()
                     .cpu()
                     .numpy()
-                    for i in range(0, len(flat_pred), config.batch_size)
+                    for i in progress(range(0, len(flat_pred), config.batch_size), desc="LPIPS", unit="batch")
                 ]
             )
         metrics["lpips"] = _mean(per_frame["lpips"].tolist())
@@ -371,6 +405,8 @@ def _evaluate(
             row["psnr_capped"] = int(per_frame["psnr_capped"][i])
             rows.append(row)
     strips = []
+    ssim = {"kernel_size": config.ssim_kernel_size, "sigma": config.ssim_sigma, "padding": config.ssim_padding}
+    ref_metrics = score_reference(reference, gt_s, config.image_size_px, ssim) if reference is not None else None
     for v, (pcam, gcam) in enumerate(pairs.views):
         view_rows = rows[v * num_frames : (v + 1) * num_frames]
         summary = {
@@ -382,9 +418,19 @@ def _evaluate(
             f"view {pcam.view} (azimuth {pcam.azimuth_deg:g}°, elevation {pcam.elevation_deg:g}°) "
             f"↔ ground-truth view {gcam.view}"
         )
-        strips.append((title, summary, view_strip(gt[v], pred[v], config.report_thumb_px)))
+        middle = None if reference is None else reference[v]
+        strip = view_strip(gt[v], pred[v], config.report_thumb_px, middle)
+        strips.append(_ViewBlock(title, summary, strip, {} if ref_metrics is None else ref_metrics[v]))
     ordered = {k: metrics[k] for k in METRIC_INFO if k in metrics}
     return ordered, rows, features, strips
+
+
+@dataclass(frozen=True)
+class _ViewBlock:
+    title: str
+    metrics: dict[str, float]
+    strip: np.ndarray
+    reference: dict[str, float]
 
 
 def _per_frame_csv(rows: list[dict]) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from stages.common.errors import StageError
+from stages.common.logs import progress
 from stages.preprocess.config import MattingConfig
 
 __all__ = ["matte_frames", "rembg_model_file", "REMBG_MODEL_URL"]
@@ -33,11 +35,12 @@ def matte_frames(
     Raises:
         StageError: the rembg backend is chosen but rembg or its model file is missing.
     """
+    frames = progress(frames_rgb, desc="matting", unit="frame")
     match cfg.backend:
         case "border":
-            return [_matte_border(f, cfg, seed=seed) for f in frames_rgb]
+            return [_matte_border(f, cfg, seed=seed) for f in frames]
         case "rembg":
-            return _matte_rembg(frames_rgb, rembg_model_file(cfg.rembg_model, weights_dir))
+            return _matte_rembg(frames, rembg_model_file(cfg.rembg_model, weights_dir))
     raise StageError(f"unknown matting backend {cfg.backend!r}; expected border or rembg")
 
 
@@ -115,7 +118,7 @@ def _matte_border(rgb: np.ndarray, cfg: MattingConfig, *, seed: int) -> np.ndarr
 # rembg
 
 
-def _matte_rembg(frames_rgb: list[np.ndarray], model_file: Path) -> list[np.ndarray]:
+def _matte_rembg(frames_rgb: Iterable[np.ndarray], model_file: Path) -> list[np.ndarray]:
     if not model_file.is_file():
         url = REMBG_MODEL_URL.format(model=model_file.stem)
         raise StageError(

@@ -12,7 +12,6 @@ from stages.common.artifacts import CONFIG_FILE, PreprocessManifest, git_sha, st
 from stages.common.config import config_sha256, dump_config
 from stages.common.errors import StageError
 from stages.common.image_io import composite_on_white, write_preview_video, write_rgba
-from stages.common.logs import progress
 from stages.common.seeding import seed_everything
 from stages.common.tracking import stage_run
 from stages.preprocess.config import PreprocessConfig
@@ -106,9 +105,7 @@ def run(
         else:
             alpha_source = config.matting.backend
             rgbs = [np.ascontiguousarray(f[..., :3]) for f in frames]
-            alphas = matte_frames(
-                list(progress(rgbs, desc="matting")), config.matting, seed=config.seed, weights_dir=weights_dir
-            )
+            alphas = matte_frames(rgbs, config.matting, seed=config.seed, weights_dir=weights_dir)
         log.info("alpha from %s", alpha_source)
 
         # 3. One square crop box for the whole clip, then resize every frame into it.

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +154,16 @@ def test_view_set_files_and_load_any_manifest(tmp_path):
     (tmp_path / "odd" / MANIFEST_FILE).write_text(json.dumps({"schema_id": "fourd.other/v9"}))
     with pytest.raises(StageError, match="unknown schema_id 'fourd.other/v9'"):
         load_any_manifest(tmp_path / "odd")
+
+
+def test_a_stage_without_git_records_the_commit_it_was_given(tmp_path):
+    """A stage image has no git: `FOURD_CODE_VERSION` (its build arg) is the manifest's code_version."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "PATH"}
+    env.update(PATH=str(tmp_path / "no-git-here"), FOURD_CODE_VERSION="0123abc", FOURD_TRACKING="off")
+    env["PYTHONPATH"] = str(repo)
+    cmd = [sys.executable, "-m", "stages.preprocess", "--config", "configs/tiny/preprocess.yaml"]
+    cmd += ["--input", "examples/fox/render/input", "--output", str(tmp_path / "out"), "--subject", "fox"]
+    proc = subprocess.run(cmd + ["--framing", "keep"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert PreprocessManifest.load(tmp_path / "out").code_version == "0123abc"

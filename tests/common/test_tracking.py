@@ -63,3 +63,34 @@ def test_stage_run_rejects_unknown_mode(monkeypatch):
     with pytest.raises(StageError, match="FOURD_TRACKING"):
         with stage_run("preprocess", PreprocessConfig(), subject="x"):
             pass
+
+
+def test_a_stage_in_the_images_environment_records_its_commit_without_git_warnings(tmp_path):
+    """No git in a stage image: the Dockerfile's environment gives MLflow and the manifest the build's commit, and
+    MLflow's GitPython stays quiet (it printed "Bad git executable" three times)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from stages.common.artifacts import PreprocessManifest
+    from tests.test_docker_static import instructions
+
+    repo = Path(__file__).resolve().parents[2]
+    image_env = dict(
+        pair.split("=", 1)
+        for word, args in instructions(repo / "docker" / "Dockerfile.preprocess")
+        if word == "ENV"
+        for pair in args.split()
+    )
+    env = {"HOME": str(tmp_path), "PYTHONPATH": str(repo), "PATH": str(tmp_path / "no-git")}
+    env.update(GIT_PYTHON_REFRESH=image_env["GIT_PYTHON_REFRESH"], FOURD_CODE_VERSION="0123abc")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "stages.preprocess", "--config", "configs/tiny/preprocess.yaml", "--subject", "fox"]
+    cmd += ["--input", "examples/fox/render/input", "--output", str(tmp_path / "out"), "--framing", "keep"]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "git" not in proc.stderr.replace(str(tmp_path), "").lower(), proc.stderr
+    assert PreprocessManifest.load(tmp_path / "out").code_version == "0123abc"
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])  # mlflow.set_tracking_uri would outlive the test
+    (run,) = client.search_runs([client.get_experiment_by_name("fourd").experiment_id])
+    assert run.info.run_name == "preprocess/fox" and run.data.tags["git_sha"] == "0123abc"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -70,6 +71,10 @@ def test_stage_writes_field_renders_for_eval_and_preview(upstream, tmp_path, mlf
         "psnr/input_view",
         "psnr/anchor",
     } <= set(m.metrics)
+    # Every logged step's losses, for people and the eval report.
+    train_log = [json.loads(line) for line in (out / m.train_log_file).read_text().splitlines()]
+    assert m.train_log_file in m.files and [r["step"] for r in train_log] == [1, 2]
+    assert {"loss/total", "loss/sds", "loss/anchor_dssim", "psnr/anchor"} <= set(train_log[-1])
     # The saved field reloads and reproduces the trained parameters.
     field = load_field(out)
     saved = load_file(str(out / m.field_file))

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import io
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from stages.common import logs
 from stages.common.cameras import OrbitCamera
 from stages.common.errors import StageError
 from stages.common.image_io import read_rgba
@@ -255,3 +259,25 @@ def test_anchor_target_checks_its_extra_views(parts):
         AnchorTarget(anchor.frames, anchor.camera, full.extra_frames, full.extra_cameras[:2])
     with pytest.raises(ValueError, match="differ from the anchor video"):
         AnchorTarget(anchor.frames, anchor.camera, full.extra_frames[:, :2], full.extra_cameras)
+
+
+def test_fit_off_a_terminal_logs_progress_with_its_losses(parts, monkeypatch, caplog):
+    ticks = iter(range(0, 10_000, 20))  # 20 s pass between two looks at the clock
+    monkeypatch.setattr(logs, "clock", lambda: float(next(ticks)))
+    monkeypatch.setenv("FOURD_PROGRESS_EVERY_S", "10")
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
+    caplog.set_level(logging.INFO, logger="stages.common.logs")
+    # Losses are read every log_every_steps and at the first step, so every line here has them.
+    trainer = make_trainer(TINY.model_copy(update={"num_steps": 3, "log_every_steps": 2}), parts)
+    trainer.fit(3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "stages.common.logs"]
+    assert [line.split(",")[0] for line in lines] == [
+        "distill: step 1/3 (33%)",
+        "distill: step 2/3 (67%)",
+        "distill: step 3/3 done in 1:00",
+    ]
+    assert "ETA 0:40" in lines[0]
+    for line in lines:
+        assert re.search(
+            r"; loss/total [-+0-9.e]+, loss/sds [-+0-9.e]+, loss/anchor_lpips .*, psnr/anchor [0-9.]+$", line
+        ), line

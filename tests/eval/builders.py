@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.common.artifacts import MvgenManifest, RenderManifest, ViewSet
+from stages.common.artifacts import DistillManifest, MvgenManifest, RenderManifest, ViewSet, load_any_manifest
 from stages.common.cameras import OrbitCamera, save_cameras
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, write_rgba
 from tests.synthetic import disc_alpha
@@ -69,6 +69,46 @@ def make_mvgen(
         config_sha256="0" * 64,
         code_version="test",
         views=views,
+        prompt=None,
+        fps=8.0,
+    )
+    manifest.write(directory)
+    return manifest
+
+
+def make_distill(
+    directory: Path,
+    images: np.ndarray,
+    mvgen_dir: Path,
+    *,
+    source_indices: Sequence[int],
+    train_log: Sequence[dict[str, float]] = (),
+    subject: str = "tiny",
+) -> DistillManifest:
+    """A distill artifact whose renders are `images` (V, F, H, W, 4) at the 4 eval azimuths, fitted to `mvgen_dir`,
+    with an orbit preview (the renders of view 0 over time) and a training log."""
+    import json
+
+    from stages.common.image_io import composite_on_white, write_preview_video
+
+    views = _write_view_set(directory / "renders/orbit", images, AZIMUTHS[: images.shape[0]], source_indices)
+    renders = views.model_copy(
+        update={
+            "frame_template": "renders/orbit/" + views.frame_template,
+            "cameras_file": "renders/orbit/" + views.cameras_file,
+        }
+    )
+    write_preview_video(directory / "preview.mp4", [composite_on_white(f) for f in images[0]], 8.0)
+    (directory / "train_log.jsonl").write_text("".join(json.dumps(dict(r)) + "\n" for r in train_log))
+    manifest = DistillManifest(
+        subject=subject,
+        files=[*renders.file_list(), "preview.mp4", "train_log.jsonl"],
+        config_sha256="0" * 64,
+        code_version="test",
+        upstream={"mvgen": load_any_manifest(mvgen_dir).sha256(mvgen_dir), "preprocess": "0" * 64},
+        renders=renders,
+        hash_backend="torch",
+        num_steps=len(train_log),
         prompt=None,
         fps=8.0,
     )

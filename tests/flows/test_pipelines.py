@@ -24,8 +24,8 @@ DEMO_FOX = {
     "--preprocess data/demo/preprocess/fox --weights weights/demo/fourdm --lpips weights/eval/lpips "
     "--output data/demo/distill/fox --checkpoint data/demo/checkpoints/distill/fox",
     "eval": "python -m stages.eval --config configs/demo/eval.yaml --prediction data/demo/distill/fox "
-    "--ground-truth examples/fox/render --weights weights/eval --output data/demo/eval/fox "
-    "--metrics reports/demo/fox.json",
+    "--mvgen data/demo/mvgen/fox --ground-truth examples/fox/render --weights weights/eval "
+    "--output data/demo/eval/fox --metrics reports/demo/fox.json",
 }
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from stages.common.errors import StageError
+from stages.common.logs import progress
 from stages.eval.metrics.weights import MissingWeights, require
 
 __all__ = ["CLIP_DIR", "ClipImageEncoder", "clip_weight_dir", "load_clip", "cosine_similarity"]
@@ -54,7 +55,7 @@ class ClipImageEncoder:
             float64 (N, D) embeddings, not normalised.
         """
         out = []
-        for start in range(0, len(images), batch_size):
+        for start in progress(range(0, len(images), batch_size), desc="CLIP embeddings", unit="batch"):
             batch = [Image.fromarray(img) for img in images[start : start + batch_size]]
             pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
             pooled = self.model.vision_model(pixel_values=pixels).pooler_output  # (B, hidden)

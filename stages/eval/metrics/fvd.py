@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stages.common.logs import progress
 from stages.eval.metrics.inception_i3d import InceptionI3d
 from stages.eval.metrics.weights import load_exact, load_state_dict_file, require
 
@@ -98,7 +99,8 @@ def prepare_clip(frames: np.ndarray, size_px: int, min_frames: int) -> torch.Ten
 def compute_i3d_features(model: InceptionI3d, clips: list[torch.Tensor], device: torch.device) -> np.ndarray:
     """(V,) clips of (3, T, H, W) → float64 (V, 400) time-averaged logits, one clip per forward pass."""
     model = model.to(device)
-    return np.stack([model(clip[None].to(device))[0].double().cpu().numpy() for clip in clips])
+    clips_done = progress(clips, desc="I3D features", unit="clip")
+    return np.stack([model(clip[None].to(device))[0].double().cpu().numpy() for clip in clips_done])
 
 
 def _psd_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -334,7 +334,8 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
     with tracking as tracker:
         pipe.unet.train()
         steps = range(start, config.num_steps)
-        steps = progress(steps, desc="4DM training") if rank == 0 else steps  # one bar, not one per GPU
+        # One bar or log, not one per GPU.
+        steps = progress(steps, desc="4DM training", total=config.num_steps, initial=start) if rank == 0 else steps
         began = last_time = time.perf_counter()
         last_step = start
         for step in steps:
@@ -366,6 +367,7 @@ def run(config: TrainConfig, *, data_dir: Path, weights_dir: Path, output_dir: P
                 clips_per_s = (done - last_step) * config.batch_size / (now - last_time)
                 last_time, last_step = now, done
                 if rank == 0:
+                    steps.set_postfix({"loss": loss_mean, "clips/s": clips_per_s})  # type: ignore[union-attr]
                     tracker.log_metrics({"train/loss": loss_mean, "train/clips_per_s": clips_per_s}, step=done)
                     record = {"step": done, "loss": loss_mean, "clips_per_s": clips_per_s, "elapsed_s": now - began}
                     with open(output_dir / TRAIN_LOG, "a", encoding="utf-8") as fh:
