@@ -259,7 +259,7 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subject", required=True)
     ap.add_argument("--preprocess", required=True, help="preprocess artifact of the subject")
@@ -278,7 +278,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=256, help="scoring resolution (eval's image_size_px)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--output", required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
