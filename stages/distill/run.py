@@ -23,6 +23,7 @@ from stages.common.cameras import OrbitCamera, load_cameras, save_cameras
 from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
+from stages.common.fingerprint import inputs_sha256
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_preview_video, write_rgba
 from stages.common.seeding import deterministic_algorithms, make_generator, seed_everything
 from stages.common.tracking import stage_run
@@ -62,7 +63,8 @@ def run(
         weights_dir: converted 4DM folder, e.g. weights/fourdm.
         lpips_dir: folder with `vgg16-397923af.pth` and `vgg.pth` (LPIPS-VGG of the anchor loss).
         output_dir: artifact folder; replaced as a whole only when the stage succeeds.
-        checkpoint_dir: folder for resumable checkpoints; a rerun with the same folder resumes there.
+        checkpoint_dir: folder for resumable checkpoints; a rerun with the same folder, config and inputs resumes
+            there (a checkpoint of another config or other inputs is replaced).
         on_step: called with the trainer after every optimisation step (benchmarks/distill_quality.py watches the
             field converge through it).
 
@@ -161,6 +163,9 @@ def run(
         final = trainer.fit(
             config.num_steps,
             checkpoint_dir=checkpoint_dir,
+            inputs_sha256=_inputs_sha256(config, input_dir, preprocess_dir, weights_dir, lpips_dir)
+            if checkpoint_dir is not None
+            else "",
             on_metrics=lambda step, m: tracker.log_metrics(m, step=step),
             on_validate=validate,
             on_step=on_step,
@@ -254,6 +259,19 @@ def run(
             metrics["psnr/input_view"],
         )
         return manifest
+
+
+def _inputs_sha256(config: DistillConfig, *dirs: Path) -> str:
+    """Content hash of what the run reads: the two artifacts, and the 4DM and LPIPS folders when their loss is on."""
+    input_dir, preprocess_dir, weights_dir, lpips_dir = dirs
+    w = config.loss_weights
+    used = [
+        input_dir,
+        preprocess_dir,
+        *([weights_dir] if w.sds > 0 else []),
+        *([lpips_dir] if w.anchor_lpips > 0 else []),
+    ]
+    return inputs_sha256(used)
 
 
 def _eval_cameras(config: DistillConfig) -> list[OrbitCamera]:

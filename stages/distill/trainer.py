@@ -24,7 +24,7 @@ from stages.distill.anchor import AnchorTarget
 from stages.distill.backprop import build_backprop
 from stages.distill.builders import build_field, build_occupancy, build_optimizer, field_kwargs
 from stages.distill.cameras import Rays, SDSViews, camera_rays, sample_sds_views
-from stages.distill.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from stages.distill.checkpoint import CHECKPOINT_FILE, StaleCheckpoint, load_checkpoint, save_checkpoint
 from stages.distill.config import DistillConfig
 from stages.distill.fields import DynamicNeRFField
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
@@ -40,6 +40,7 @@ from stages.distill.renderer import (
     sample_rays,
     step_size_for,
 )
+from stages.distill.safety import check_finite
 
 __all__ = [
     "Trainer",
@@ -357,43 +358,60 @@ class Trainer:
         num_steps: int,
         *,
         checkpoint_dir: Path | None = None,
+        inputs_sha256: str = "",
         on_metrics: Callable[[int, dict[str, float]], None] | None = None,
         on_validate: Callable[[int], None] | None = None,
         on_step: Callable[[Trainer], None] | None = None,
     ) -> dict[str, float]:
-        """Train until `self.step == num_steps`, resuming from `checkpoint_dir` when it holds a checkpoint.
+        """Train until `self.step == num_steps`, resuming from `checkpoint_dir` when it holds this run's checkpoint.
+
+        A checkpoint resumes only the run that wrote it: same config and same `inputs_sha256`. Any other one (another
+        config, other inputs, another layout, unreadable) is removed with a warning and training starts fresh.
 
         Args:
             num_steps: the step count to reach.
             checkpoint_dir: folder for `checkpoint.safetensors` (written atomically every
                 `checkpoint_every_steps` and at the end); None trains without checkpoints.
+            inputs_sha256: content hash of every input the run reads (`stages.common.fingerprint`), stored in
+                the checkpoint and compared on resume.
             on_metrics: called every `log_every_steps` with (step, metrics); the metrics are read from the device
                 only then.
             on_validate: called every `validate_every_steps` with the step.
             on_step: called after every step with the trainer (benchmarks observe the field through it; an
                 exception it raises ends the training).
+
+        Raises:
+            StageError: a loss term or a parameter became NaN or infinite (names the step and the term).
         """
         cfg = self.config
-        if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).is_file():
-            self.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
-            log.info("resumed from %s at step %d", checkpoint_dir, self.step)
+        path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+        if path is not None:
+            path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)  # a save cut short by a kill
+            if path.is_file():
+                try:
+                    self.load_checkpoint(path, inputs_sha256=inputs_sha256)
+                    log.info("resumed from %s at step %d", checkpoint_dir, self.step)
+                except StaleCheckpoint as err:
+                    log.warning("%s: removed it, training starts at step 0", err)
+                    path.unlink()
         metrics: dict[str, Tensor | float] = {}
         for _ in progress(range(self.step, num_steps), desc="distill", total=num_steps - self.step):
             metrics = self.step_tensors()
+            check_finite(self.step, metrics, self.field)
             if on_metrics is not None and (self.step % cfg.log_every_steps == 0 or self.step == num_steps):
                 on_metrics(self.step, metrics_to_floats(metrics))
             if on_validate is not None and self.step % cfg.validate_every_steps == 0:
                 on_validate(self.step)
             if on_step is not None:
                 on_step(self)
-            if checkpoint_dir is not None and (self.step % cfg.checkpoint_every_steps == 0 or self.step == num_steps):
-                self.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
+            if path is not None and (self.step % cfg.checkpoint_every_steps == 0 or self.step == num_steps):
+                self.save_checkpoint(path, inputs_sha256=inputs_sha256)
         return metrics_to_floats(metrics)
 
     # -- checkpoints (stages.distill.checkpoint) ---------------------------------------------------------
 
-    def save_checkpoint(self, path: Path) -> None:
-        save_checkpoint(self, path)
+    def save_checkpoint(self, path: Path, *, inputs_sha256: str = "") -> None:
+        save_checkpoint(self, path, inputs_sha256=inputs_sha256)
 
-    def load_checkpoint(self, path: Path) -> None:
-        load_checkpoint(self, path)
+    def load_checkpoint(self, path: Path, *, inputs_sha256: str = "") -> None:
+        load_checkpoint(self, path, inputs_sha256=inputs_sha256)

@@ -167,3 +167,27 @@ def test_the_manifest_records_every_hash_grid_backend_the_config_offers():
     offered = typing.get_args(FieldConfig.model_fields["backend"].annotation)
     recorded = typing.get_args(DistillManifest.model_fields["hash_backend"].annotation)
     assert offered and set(offered) == set(recorded)
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(upstream, tmp_path, caplog):
+    """Another --input (mvgen sampled with another seed) or another config starts fresh; never the old field."""
+    from stages.mvgen import MvgenConfig
+    from stages.mvgen import run as mvgen
+
+    ckpt = tmp_path / "ckpt"
+    run_tiny(upstream, tmp_path / "a", checkpoint_dir=ckpt)
+    other = {**upstream, "mvgen": tmp_path / "mvgen-seed1"}
+    mvgen_cfg = load_config(MvgenConfig, REPO / "configs/tiny/mvgen.yaml").model_copy(update={"seed": 1})
+    mvgen(mvgen_cfg, input_dir=upstream["pre"], weights_dir=upstream["weights"], output_dir=other["mvgen"])
+    run_tiny(other, tmp_path / "b", checkpoint_dir=ckpt)
+    assert "written from other inputs" in caplog.text
+    run_tiny(other, tmp_path / "fresh")
+    field = "field.safetensors"
+    assert (tmp_path / "b" / field).read_bytes() == (tmp_path / "fresh" / field).read_bytes()
+    assert (tmp_path / "b" / field).read_bytes() != (tmp_path / "a" / field).read_bytes()
+    caplog.clear()
+    changed = TINY.model_copy(update={"seed": 3})
+    run_tiny(other, tmp_path / "c", config=changed, checkpoint_dir=ckpt)  # a config change reruns, no error
+    assert "written with another config" in caplog.text
+    run_tiny(other, tmp_path / "c-fresh", config=changed)
+    assert (tmp_path / "c" / field).read_bytes() == (tmp_path / "c-fresh" / field).read_bytes()
