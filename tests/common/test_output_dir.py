@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common.artifacts import staged_output_dir
 from stages.common.cli import cli_main
 from stages.common.image_io import write_rgba
-from stages.common.artifacts import staged_output_dir
 from stages.preprocess import PreprocessConfig
 from stages.preprocess import run as preprocess
 from tests.synthetic import disc_frames
@@ -77,4 +77,6 @@ def test_an_input_inside_the_output_is_refused_before_anything_is_written(tmp_pa
     assert {p.name: p.read_bytes() for p in (out / "frames").iterdir()} == before
     argv = ["--config", config, "--input", str(out / "frames"), "--output", str(out / "frames" / "x")]
     assert cli_main(preprocess, PreprocessConfig, [*argv, "--folder-fps", "8"]) == 1
-    assert not (out / "frames" / "x").exists() and np.all([p.name.endswith(".png") for p in (out / "frames").iterdir()])
+    assert not (out / "frames" / "x").exists() and np.all(
+        [p.name.endswith(".png") for p in (out / "frames").iterdir()]
+    )
