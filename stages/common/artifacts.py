@@ -89,7 +89,8 @@ class Manifest(BaseModel):
         """Read and validate `<directory>/manifest.json`.
 
         Raises:
-            StageError: no manifest, not JSON, another schema, invalid fields, or a listed file is missing.
+            StageError: no manifest, not JSON, another schema, invalid fields, a listed file is missing, or the
+                files contradict the manifest (sizes, counts, source indices, cameras: `artifact_checks`).
         """
         directory = Path(directory)
         path = directory / MANIFEST_FILE
@@ -112,6 +113,9 @@ class Manifest(BaseModel):
         if missing:
             more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
             raise StageError(f"{directory}: files listed in the manifest are missing: {missing[:3]}{more}")
+        from stages.common.artifact_checks import check_artifact
+
+        check_artifact(manifest, directory)
         return manifest
 
     def write(self, directory: Path) -> Path:

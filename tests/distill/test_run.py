@@ -191,3 +191,19 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(upstream, tmp_path, cap
     assert "written with another config" in caplog.text
     run_tiny(other, tmp_path / "c-fresh", config=changed)
     assert (tmp_path / "c" / field).read_bytes() == (tmp_path / "c-fresh" / field).read_bytes()
+
+
+def test_an_mvgen_folder_that_contradicts_its_manifest_is_refused_before_training(upstream, tmp_path, capsys):
+    import json
+    import shutil
+
+    mvgen_dir = shutil.copytree(upstream["mvgen"], tmp_path / "mvgen")
+    data = json.loads((mvgen_dir / "manifest.json").read_text())
+    data["views"]["size_px"] = 8  # the frames are 16 px
+    (mvgen_dir / "manifest.json").write_text(json.dumps(data))
+    args = ["--input", str(mvgen_dir), "--preprocess", str(upstream["pre"]), "--weights", str(upstream["weights"])]
+    args += ["--lpips", str(upstream["lpips"]), "--output", str(tmp_path / "out")]
+    assert cli_main(run, DistillConfig, ["--config", str(REPO / "configs/tiny/distill.yaml"), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "16x16 px, but the manifest says the mvgen views are 8x8 px" in err[-1]
+    assert not (tmp_path / "out").exists()
