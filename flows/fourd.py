@@ -19,7 +19,6 @@ belong to. MLflow gets one parent run per flow run, and each stage run becomes i
 
 # No `from __future__ import annotations` here: Prefect builds the flow's parameter schema from the annotations of
 # a module it loads by file path (deployments), and string annotations (`Literal[...]`) do not resolve there.
-import argparse
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from prefect.context import get_run_context
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import GPU_STAGES, STAGE_ORDER
+from flows.cli import ArgumentParser, check_arguments, fail
 from flows.gpus import gpu_devices, gpu_slot
 from flows.workspace import (
     DEFAULT_CONFIG_SET,
@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     `--subject` then names the video. Several `--video`s or `--subject`s, or `--parallel`, run `fourd_batch`:
     each video is registered under its file name and every `--subject` is one already in params.yaml.
     """
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m flows.fourd",
         description=(fourd.fn.__doc__ or "").split("\n")[0] + " Several --video/--subject: " + "fourd_batch.",
     )
@@ -612,13 +612,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.serve:
         fourd.serve(name="serve", limit=a.limit or max(2, len(gpu_devices())))
         return 0
-    if len(a.video) <= 1 and len(a.subject) <= 1 and len(a.prompt) <= 1 and a.parallel is None:
-        video, subject, prompt = (a.video or [None])[0], (a.subject or [None])[0], (a.prompt or [None])[0]
-        summary = fourd(video, subject, prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo)
-    else:
-        summary = fourd_batch(
-            a.video, a.subject, a.prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo, a.parallel
-        )
+    single = len(a.video) <= 1 and len(a.subject) <= 1 and len(a.prompt) <= 1 and a.parallel is None
+    try:
+        check_arguments(a.repo, a.video, a.subject, a.config_set, single=single)
+        if single:
+            video, subject, prompt = (a.video or [None])[0], (a.subject or [None])[0], (a.prompt or [None])[0]
+            summary = fourd(video, subject, prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo)
+        else:
+            summary = fourd_batch(
+                a.video, a.subject, a.prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo, a.parallel
+            )
+    except RuntimeError as exc:  # WorkspaceError, StageFailed, a failed batch: Prefect has logged the run
+        fail(str(exc))
     print(json.dumps(summary, indent=2))
     if a.summary_json:
         a.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
