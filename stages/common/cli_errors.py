@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
+import sys
 from collections.abc import Iterator
+from typing import NoReturn
 
 from stages.common.errors import StageError
 
-__all__ = ["flag_errors_as_stage_error", "one_line"]
+__all__ = ["ArgumentParser", "flag_errors_as_stage_error", "one_line"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PYDANTIC = re.compile(r"\s*\[type=[\w.]+, input_value=(.*?), input_type=\w+\]")
@@ -70,3 +73,11 @@ def flag_errors_as_stage_error(help_hint: str) -> Iterator[None]:
         if exc.code in (0, None):
             raise
         raise StageError(f"{one_line(captured.getvalue()).rstrip('.')}; {help_hint}") from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a bad flag reported as one `error:` line and exit status 1 (argparse's own: usage, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(1)
