@@ -166,7 +166,11 @@ def test_conversion_cli_reports_errors_in_one_line(tmp_path, capsys):
 def test_conversion_cli_bad_flag_is_one_error_line_and_exit_1(capsys):
     from stages.mvgen.conversion.__main__ import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--imagedream", "x.pt", "--bogus"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and "--bogus" in err[0]
+    for argv, expected in (
+        (["--imagedream", "x.pt"], "required: --text-encoder"),
+        (["--imagedream", "x", "--text-encoder", "t", "--image-encoder", "i", "--output", "o", "--bogus"], "--bogus"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
