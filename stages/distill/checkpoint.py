@@ -7,6 +7,7 @@ of every input), and only that run resumes from it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Protocol
@@ -63,8 +64,14 @@ class StaleCheckpoint(StageError):
     trainer removes it and starts fresh instead of failing."""
 
 
-def save_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") -> None:
-    """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new."""
+def save_checkpoint(
+    trainer: Resumable, path: Path, *, inputs_sha256: str = "", metrics: dict[str, float] | None = None
+) -> None:
+    """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new.
+
+    `metrics` (the step's logged terms) travel in the metadata, so a finished run that is resumed reports the same
+    final metrics as the run that wrote it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -73,15 +80,19 @@ def save_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") 
         "format": CHECKPOINT_FORMAT,
         "config_sha256": config_sha256(trainer.config),
         "inputs_sha256": inputs_sha256,
+        "metrics": json.dumps(metrics or {}),
     }
     save_file(state_tensors(trainer), str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def load_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") -> None:
+def load_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") -> dict[str, float]:
     """Restore a `save_checkpoint` file of this very run (same config, same inputs) into `trainer`.
 
     Everything is checked before anything is restored, so a refused checkpoint leaves the trainer untouched.
+
+    Returns:
+        The metrics of the step the checkpoint was written at.
 
     Raises:
         StaleCheckpoint: the file is unreadable, or was written by another run: another config, other inputs
@@ -119,3 +130,4 @@ def load_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") 
     trainer.optimizer.load_state_dict({"state": params, "param_groups": template["param_groups"]})
     trainer.generator.set_state(state["rng.cpu"])
     trainer.step = int(meta["step"])
+    return {k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()}

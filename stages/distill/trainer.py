@@ -385,16 +385,17 @@ class Trainer:
         """
         cfg = self.config
         path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+        resumed: dict[str, float] = {}
         if path is not None:
             path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)  # a save cut short by a kill
             if path.is_file():
                 try:
-                    self.load_checkpoint(path, inputs_sha256=inputs_sha256)
+                    resumed = self.load_checkpoint(path, inputs_sha256=inputs_sha256)
                     log.info("resumed from %s at step %d", checkpoint_dir, self.step)
                 except StaleCheckpoint as err:
                     log.warning("%s: removed it, training starts at step 0", err)
                     path.unlink()
-        metrics: dict[str, Tensor | float] = {}
+        metrics: dict[str, Tensor | float] = dict(resumed)  # a finished run resumed: its last step's metrics
         for _ in progress(range(self.step, num_steps), desc="distill", total=num_steps - self.step):
             metrics = self.step_tensors()
             check_finite(self.step, metrics, self.field)
@@ -405,13 +406,13 @@ class Trainer:
             if on_step is not None:
                 on_step(self)
             if path is not None and (self.step % cfg.checkpoint_every_steps == 0 or self.step == num_steps):
-                self.save_checkpoint(path, inputs_sha256=inputs_sha256)
+                self.save_checkpoint(path, inputs_sha256=inputs_sha256, metrics=metrics_to_floats(metrics))
         return metrics_to_floats(metrics)
 
     # -- checkpoints (stages.distill.checkpoint) ---------------------------------------------------------
 
-    def save_checkpoint(self, path: Path, *, inputs_sha256: str = "") -> None:
-        save_checkpoint(self, path, inputs_sha256=inputs_sha256)
+    def save_checkpoint(self, path: Path, *, inputs_sha256: str = "", metrics: dict[str, float] | None = None) -> None:
+        save_checkpoint(self, path, inputs_sha256=inputs_sha256, metrics=metrics)
 
-    def load_checkpoint(self, path: Path, *, inputs_sha256: str = "") -> None:
-        load_checkpoint(self, path, inputs_sha256=inputs_sha256)
+    def load_checkpoint(self, path: Path, *, inputs_sha256: str = "") -> dict[str, float]:
+        return load_checkpoint(self, path, inputs_sha256=inputs_sha256)
