@@ -162,7 +162,7 @@ def test_view_set_files_and_load_any_manifest(tmp_path):
         load_any_manifest(tmp_path)
     write_rgba(tmp_path / files[0], np.zeros((32, 32, 4), np.uint8))
     (tmp_path / "cameras.json").write_text(json.dumps([{}, {}]))
-    with pytest.raises(StageError, match="v00/rgba_00000.png: 32x32 px, but the manifest says the mvgen views are 8x8"):
+    with pytest.raises(StageError, match="rgba_00000.png: 32x32 px, but the manifest says the mvgen views are 8x8"):
         load_any_manifest(tmp_path)
 
 
