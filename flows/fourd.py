@@ -39,7 +39,7 @@ from prefect.context import get_run_context
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import GPU_STAGES, STAGE_ORDER
-from flows.cli import ArgumentParser, check_arguments, fail
+from flows.cli_checks import ArgumentParser, check_arguments, fail, store_lock
 from flows.gpus import gpu_devices, gpu_slot
 from flows.workspace import (
     DEFAULT_CONFIG_SET,
@@ -306,13 +306,18 @@ class _ParentRun:
             return
         from mlflow import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=uri)
-        experiment = os.environ.get("FOURD_MLFLOW_EXPERIMENT", "fourd")
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        self.run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-        for k, v in params.items():
-            self.client.log_param(self.run_id, k, v)
+        try:
+            with store_lock(uri):  # a new store is created and migrated once, the experiment created once
+                self.client = MlflowClient(tracking_uri=uri)
+                experiment = os.environ.get("FOURD_MLFLOW_EXPERIMENT", "fourd")
+                exp = self.client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            self.run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+            for k, v in params.items():
+                self.client.log_param(self.run_id, k, v)
+        except Exception as exc:  # noqa: BLE001 - tracking never decides a flow's result
+            log.warning("MLflow tracking failed, the flow goes on untracked (%s: %s)", type(exc).__name__, exc)
+            self.run_id = None
 
     def __getattr__(self, name: str):  # noqa: ANN204 - forwards log_* to the client with the run id, no-op when off
         if self.run_id is None:

@@ -1,16 +1,19 @@
-"""The flow command line's error handling: one `error:` line and exit status 1, checked before Prefect starts."""
+"""The flow command line's error handling (one `error:` line and exit status 1, checked before Prefect starts), and
+the lock that serialises the creation of a local MLflow store."""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 from flows.workspace import WorkspaceError, check_name, config_set_files, find_repo, subjects
 
-__all__ = ["ArgumentParser", "check_arguments", "fail"]
+__all__ = ["ArgumentParser", "check_arguments", "fail", "store_lock"]
 
 
 def fail(message: str) -> NoReturn:
@@ -56,3 +59,20 @@ def check_arguments(
         raise WorkspaceError(f"subject {unknown[0]!r} is not in params.yaml (have {sorted(registered)})")
     if not videos and not names:
         raise WorkspaceError("give a video to register (--video), or the subject name of one in params.yaml")
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold the `flock` beside a local SQLite MLflow store that the stages take too (`stages/common/tracking.py`):
+    flows and stages starting at once never create and migrate a new store twice. Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
