@@ -51,7 +51,7 @@ def test_a_nan_nested_flag_and_an_infinite_yaml_value_are_refused(tmp_path, caps
     assert cli_main(distill, DistillConfig, [*tiny, *args, "--field.blob-density", "nan"]) == 1
     assert "--field.blob-density: Input should be a finite number (got nan)" in one_error_line(capsys)
     config = tmp_path / "inf.yaml"
-    config.write_text((REPO / "configs/tiny/distill.yaml").read_text().replace("grid_lr: 0.01", "grid_lr: .inf"))
+    config.write_text((REPO / "configs/distill.yaml").read_text().replace("grid_lr: 0.01", "grid_lr: .inf"))
     assert ".inf" in config.read_text()
     assert cli_main(distill, DistillConfig, ["--config", str(config), *args]) == 1
     assert "'optimizer.grid_lr': Input should be a finite number (got inf)" in one_error_line(capsys)

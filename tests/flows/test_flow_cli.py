@@ -37,4 +37,3 @@ def test_bad_input_is_one_error_line_and_exit_1(argv, expected, capsys, monkeypa
     assert exc.value.code == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
-
