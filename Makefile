@@ -43,6 +43,7 @@ render-env: $(RENDER_STAMP)
 
 ## Set up, then run the bundled example through preprocess → mvgen → distill → eval on the CPU (small 4DM of weights/demo)
 demo: setup
+	@mkdir -p weights/eval  # eval's dependency: its networks go here (weights/README.md); without them, metrics are skipped
 	@if [ -f weights/demo/fourdm/model_index.json ]; then \
 		$(BIN)/python -m flows.tracking --name demo/fox --config-set demo -- dvc repro pipelines/demo/dvc.yaml:eval@fox; \
 	else $(BIN)/python -m flows.tracking --name demo/fox --config-set demo -- \

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from flows import STAGE_ORDER
+from flows.cli_checks import ArgumentParser, check_arguments, fail
 from flows.fourd import AUTO_CONFIG_SET, fourd, fourd_batch
 from flows.gpus import gpu_devices
 from flows.pipelines import CONFIG_SETS, DEFAULT_CONFIG_SET
@@ -19,7 +20,7 @@ __all__ = ["main", "parser"]
 def parser() -> argparse.ArgumentParser:
     """The command line, every option documented."""
     sets = ", ".join(f"{name} ({spec.about})" for name, spec in CONFIG_SETS.items())
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m flows",
         description=(
             "Run videos through preprocess → mvgen → distill → eval (render for 3D assets, eval for subjects with a "
@@ -101,13 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.serve:
         fourd.serve(name="serve", limit=a.limit or max(2, len(gpu_devices())))
         return 0
-    if len(a.video) <= 1 and len(a.subject) <= 1 and len(a.prompt) <= 1 and a.parallel is None:
-        video, subject, prompt = (a.video or [None])[0], (a.subject or [None])[0], (a.prompt or [None])[0]
-        summary = fourd(video, subject, prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo)
-    else:
-        summary = fourd_batch(
-            a.video, a.subject, a.prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo, a.parallel
-        )
+    single = len(a.video) <= 1 and len(a.subject) <= 1 and len(a.prompt) <= 1 and a.parallel is None
+    try:
+        check_arguments(a.repo, a.video, a.subject, a.config_set, single=single, auto_config_set=AUTO_CONFIG_SET)
+        if single:
+            video, subject, prompt = (a.video or [None])[0], (a.subject or [None])[0], (a.prompt or [None])[0]
+            summary = fourd(video, subject, prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo)
+        else:
+            summary = fourd_batch(
+                a.video, a.subject, a.prompt, a.fps, a.config_set, a.stages, a.executor, None, a.repo, a.parallel
+            )
+    except RuntimeError as exc:  # WorkspaceError, StageFailed, a failed batch: Prefect has logged the run
+        fail(str(exc))
     print(json.dumps(summary, indent=2))
     if a.summary_json:
         a.summary_json.write_text(json.dumps(summary, indent=2) + "\n")

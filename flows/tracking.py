@@ -11,15 +11,20 @@ project's one store: `$MLFLOW_TRACKING_URI`, else `sqlite:///<repository>/mlflow
 from __future__ import annotations
 
 import argparse
+import fcntl
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ParentRun", "tracking_uri"]
+__all__ = ["ParentRun", "store_lock", "tracking_uri"]
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT = "fourd"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -42,6 +47,23 @@ def experiment_id(client: Any, name: str = EXPERIMENT) -> str:
     return exp_id
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold the `flock` beside a local SQLite MLflow store that the stages take too (`stages/common/tracking.py`):
+    flows and stages starting at once never create and migrate a new store twice. Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class ParentRun:
     """One pipeline run's MLflow run (client API: no process-global active run, so concurrent flows don't mix).
 
@@ -56,12 +78,17 @@ class ParentRun:
             return
         from mlflow import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=uri)
-        experiment = os.environ.get("FOURD_MLFLOW_EXPERIMENT", EXPERIMENT)
-        self.experiment_id = experiment_id(self.client, experiment)
-        self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
-        for k, v in (params or {}).items():
-            self.client.log_param(self.run_id, k, v)
+        try:
+            with store_lock(uri):  # a new store is created and migrated once, the experiment created once
+                self.client = MlflowClient(tracking_uri=uri)
+                experiment = os.environ.get("FOURD_MLFLOW_EXPERIMENT", EXPERIMENT)
+                self.experiment_id = experiment_id(self.client, experiment)
+            self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+            for k, v in (params or {}).items():
+                self.client.log_param(self.run_id, k, v)
+        except Exception as exc:  # noqa: BLE001 - tracking never decides a flow's result
+            log.warning("MLflow tracking failed, the flow goes on untracked (%s: %s)", type(exc).__name__, exc)
+            self.run_id = None
 
     def env(self) -> dict[str, str]:
         """What a stage process needs to become a child of this run."""

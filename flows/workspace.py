@@ -168,8 +168,10 @@ def register_subject(
 
     The copy is `data/raw/<subject>/video<ext>`, or `data/raw/<subject>/frames/` for a folder (its frames keep
     their names), with the prompt, when given, in `prompt.txt` where preprocess reads it: beside the video, or
-    inside the frame folder (replacing the folder's own). Registering the same content again is a no-op;
-    other content under an existing name is an error. params.yaml keeps its comments (ruamel round trip).
+    inside the frame folder (replacing the folder's own). A video that already lies in `data/raw/<subject>/` is
+    registered in place. No file of the user's is ever deleted or overwritten: registering the same content again
+    is a no-op; other content under an existing name is an error. params.yaml keeps its comments (ruamel round
+    trip).
 
     Returns:
         The subject name (default: the video's file or folder name, lowercased and sanitised).
@@ -183,11 +185,13 @@ def register_subject(
         raise WorkspaceError(f"{video} is a folder of frames: give its frame rate (fps > 0)")
     name = check_name("subject", subject or re.sub(r"[^a-z0-9_-]+", "-", video.stem.lower()).strip("-"))
     raw = repo / "data" / "raw" / name
-    target = raw / (f"video{video.suffix.lower()}" if video.is_file() else "frames")
+    # A video already inside data/raw/<name>/ is registered where it lies: nothing is copied, moved or deleted.
+    in_place = video == raw or video.is_relative_to(raw)
+    target = video if in_place else raw / (f"video{video.suffix.lower()}" if video.is_file() else "frames")
     # A registered video is an arbitrary clip: preprocess recentres it (`framing: keep` is for rendered inputs).
     entry = {"input": target.relative_to(repo).as_posix(), "fps": float(fps), "framing": "recenter"}
     # Where preprocess looks for the prompt: beside a video file, inside a frame folder (stages/preprocess/run.py).
-    prompt_file = (target if video.is_dir() else raw) / "prompt.txt"
+    prompt_file = (target if video.is_dir() else target.parent) / "prompt.txt"
 
     from ruamel.yaml import YAML  # DVC's own YAML library: keeps params.yaml's comments
 
@@ -199,20 +203,31 @@ def register_subject(
         existing = (params.get("subjects") or {}).get(name)
         if existing is not None:
             same_input = dict(existing).get("input") == entry["input"] and target.exists()
-            if same_input and _sha256(target) == _sha256(video) and _prompt_matches(prompt_file, prompt):
+            if same_input and (in_place or _sha256(target) == _sha256(video)) and _prompt_matches(prompt_file, prompt):
                 log.info("subject %s is already registered with this video", name)
                 return name
             raise WorkspaceError(
                 f"subject {name!r} already exists in params.yaml with other input; pick another subject name"
             )
-        if raw.exists():
-            shutil.rmtree(raw)
-        raw.mkdir(parents=True)
-        if video.is_file():
-            shutil.copyfile(video, target)
-        else:
-            shutil.copytree(video, target)
-        if prompt:
+        if not in_place:
+            if target.exists() and _sha256(target) != _sha256(video):
+                raise WorkspaceError(
+                    f"{target.relative_to(repo)} already exists and differs from {video}; move it away or pick "
+                    "another subject name (nothing was changed)"
+                )
+            raw.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                partial = target.with_name(f".{target.name}.partial")
+                if partial.is_dir():
+                    shutil.rmtree(partial)
+                if video.is_file():
+                    shutil.copyfile(video, partial)
+                else:
+                    shutil.copytree(video, partial)
+                os.replace(partial, target)  # a copy cut short never looks like the registered video
+        if prompt and not _prompt_matches(prompt_file, prompt):
+            if in_place and prompt_file.exists():
+                raise WorkspaceError(f"{prompt_file} holds another prompt; edit it or leave out the prompt")
             prompt_file.write_text(prompt.strip() + "\n")
         _dvc_ok(repo, ["add", raw.relative_to(repo).as_posix()], lock=False)
         if params.get("subjects") is None:

@@ -200,3 +200,42 @@ def test_benchmark_results_hold_one_current_file_per_benchmark_and_device():
         m = pattern.match(path.name)
         assert m, f"{path.name}: name it <benchmark>_<device>.json"
         assert json.loads(path.read_text()), path
+
+
+# Path flags of a stage CLI that are not inputs: outputs, and distill's checkpoint folder, a cache that resumes only
+# the very run that wrote it (its config and input hashes are checked), so it can never make an output stale.
+NOT_INPUTS = {"output_dir", "metrics_path", "checkpoint_dir"}
+
+
+def _unread_lpips(argv: list[str], flag: str) -> bool:
+    """A distill config whose LPIPS anchor weight is 0 (the demo's) passes --lpips but never reads it."""
+    from stages.distill import DistillConfig
+
+    if flag != "--lpips":
+        return False
+    return load_config(DistillConfig, REPO / argv[argv.index("--config") + 1]).loss_weights.anchor_lpips == 0
+
+
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", *(f"pipelines/{s}/dvc.yaml" for s in ("tiny", "demo", "demo-gpu"))])
+def test_every_input_a_stage_command_reads_is_a_dependency_of_its_dvc_stage(dvc_file):
+    """A file a stage reads but DVC does not watch (eval's weights once) leaves its output stale when it changes."""
+    import shlex
+
+    from stages.common.cli import _flag, _path_params
+
+    for name, spec in yaml.safe_load((REPO / dvc_file).read_text())["stages"].items():
+        do = spec.get("do", spec)
+        argv = shlex.split(" ".join(do["cmd"].split()))
+        module = importlib.import_module(argv[argv.index("-m") + 1])
+        deps = [str(d).rstrip("/") for d in do["deps"]]
+        checked = 0
+        for param, kind, _ in _path_params(module.run):
+            flag = _flag(param)
+            if param in NOT_INPUTS or kind is not Path or flag not in argv:
+                continue
+            value = argv[argv.index(flag) + 1].rstrip("/")
+            if _unread_lpips(argv, flag):
+                continue
+            assert any(value == d or value.startswith(d + "/") for d in deps), f"{dvc_file} {name}: {flag} {value}"
+            checked += 1
+        assert checked, f"{dvc_file} {name}: no input flag found in {argv}"

@@ -1,8 +1,9 @@
 """Manifests, the typed contracts between stages, and the atomic output directory they are written into.
 
-A stage writes into a hidden staging directory beside its output, writes `config.yaml` first and
-`manifest.json` last, and only then renames the staging directory into place. A stage that fails leaves the
-previous result (or nothing) and never a half-written directory a later stage could take for a result.
+A stage writes into a hidden staging directory beside its output (`stages.common.output_dir`), writes
+`config.yaml` first and `manifest.json` last, and only then swaps the staging directory into place. A stage that
+fails leaves the previous result (or nothing) and never a half-written directory a later stage could take for a
+result.
 """
 
 from __future__ import annotations
@@ -10,12 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -24,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stages.common.config import format_validation_error
 from stages.common.errors import StageError
+from stages.common.output_dir import MANIFEST_FILE, staged_output_dir
 
 __all__ = [
     "Manifest",
@@ -43,7 +41,6 @@ __all__ = [
     "git_sha",
 ]
 
-MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.yaml"
 
 M = TypeVar("M", bound="Manifest")
@@ -99,7 +96,8 @@ class Manifest(BaseModel):
         """Read and validate `<directory>/manifest.json`.
 
         Raises:
-            StageError: no manifest, not JSON, another schema, invalid fields, or a listed file is missing.
+            StageError: no manifest, not JSON, another schema, invalid fields, a listed file is missing, or the
+                files contradict the manifest (sizes, counts, source indices, cameras: `artifact_checks`).
         """
         directory = Path(directory)
         path = directory / MANIFEST_FILE
@@ -122,6 +120,9 @@ class Manifest(BaseModel):
         if missing:
             more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
             raise StageError(f"{directory}: files listed in the manifest are missing: {missing[:3]}{more}")
+        from stages.common.artifact_checks import check_artifact
+
+        check_artifact(manifest, directory)
         return manifest
 
     def write(self, directory: Path) -> Path:
@@ -379,37 +380,3 @@ def load_any_manifest(directory: Path) -> Manifest:
     if schema not in MANIFEST_CLASSES:
         raise StageError(f"{path}: unknown schema_id {schema!r}; known: {sorted(MANIFEST_CLASSES)}")
     return MANIFEST_CLASSES[schema].load(directory)
-
-
-@contextmanager
-def staged_output_dir(output_dir: Path) -> Iterator[Path]:
-    """Yield an empty staging directory that replaces `output_dir` only if the block finishes.
-
-    `output_dir` may be absent, empty, or a previous result of a stage (it has a manifest.json); anything
-    else is refused, so a mistyped `--output` never deletes a user's folder. On an exception the staging
-    directory is removed and `output_dir` is left untouched.
-    """
-    output_dir = Path(output_dir)
-    if output_dir.exists():
-        if not output_dir.is_dir():
-            raise StageError(f"output path exists and is not a directory: {output_dir}")
-        if any(output_dir.iterdir()) and not (output_dir / MANIFEST_FILE).is_file():
-            raise StageError(
-                f"output directory {output_dir} is not empty and holds no {MANIFEST_FILE}; "
-                "refusing to replace it (choose another --output or empty it)"
-            )
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.parent / f".{output_dir.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if output_dir.exists():
-        old = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(output_dir, old)
-    os.replace(staging, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -26,6 +26,7 @@ from typing import Any
 import tyro
 from pydantic import ValidationError
 
+from stages.common.cli_errors import flag_errors_as_stage_error
 from stages.common.config import RUNTIME_FIELD, StageConfig, format_validation_error, load_config, load_runtime
 from stages.common.errors import StageError
 from stages.common.logs import setup_logging
@@ -71,6 +72,23 @@ def _path_params(run_fn: Callable[..., Any]) -> list[tuple[str, type, bool]]:
         kind = Path if hint is Path or Path in args else str
         out.append((p.name, kind, p.default is inspect.Parameter.empty))
     return out
+
+
+def _refuse_overlapping_paths(kwargs: dict[str, Any]) -> None:
+    """An output folder must neither hold nor lie inside another path of the command (an input, the weights, a
+    checkpoint folder): replacing the output would destroy it (`--input X/frames --output X`)."""
+    if not isinstance(kwargs.get("output_dir"), Path):
+        return
+    out = kwargs["output_dir"].resolve()
+    for name, value in kwargs.items():
+        if name == "output_dir" or not isinstance(value, Path):
+            continue
+        other = value.resolve()
+        if other == out or other.is_relative_to(out) or out.is_relative_to(other):
+            raise StageError(
+                f"--output {kwargs['output_dir']} and {_flag(name)} {value} overlap: the output folder is replaced as "
+                "a whole, so it may neither hold nor lie inside another path (nothing was written)"
+            )
 
 
 def cli_main(
@@ -122,7 +140,8 @@ def cli_main(
             runtime = load_runtime(config_cls, known.runtime, config_cls.__module__.split(".")[1])
             config = config.model_copy(update={RUNTIME_FIELD: runtime})
         try:
-            config = tyro.cli(config_cls, default=config, args=rest, prog=prog, description=description)
+            with flag_errors_as_stage_error(f"see {prog} --help"):
+                config = tyro.cli(config_cls, default=config, args=rest, prog=prog, description=description)
         except ValidationError as err:
             raise StageError(format_validation_error(err, source="command line")) from None
         kwargs: dict[str, Any] = {}
@@ -133,6 +152,7 @@ def cli_main(
                     raise StageError(f"missing required argument {_flag(name)}")
                 continue
             kwargs[name] = Path(value) if kind is Path else value
+        _refuse_overlapping_paths(kwargs)
         run_fn(config, **kwargs)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -51,7 +51,9 @@ RUNTIME_FIELD = "runtime"
 
 C = TypeVar("C", bound=BaseModel)
 
-_STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, strict=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
+"""`allow_inf_nan=False`: a NaN or infinite value (`.inf` in YAML, `nan` on the command line) is an error naming the
+key, never a run that trains NaN parameters."""
 
 
 class SubConfig(BaseModel):

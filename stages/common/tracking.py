@@ -8,6 +8,7 @@ being `$DVC_ROOT` (set by `dvc repro` and the flow) or the checkout this code is
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -45,29 +46,60 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+def _warn(err: BaseException) -> None:
+    first = (str(err).strip().splitlines() or [""])[0]
+    log.warning("tracking failed, the stage goes on untracked (%s: %s)", type(err).__name__, first[:300])
+
+
 class Tracker:
-    """What a stage body logs through; every method is a no-op when tracking is off (`run_id is None`)."""
+    """What a stage body logs through; every method is a no-op when tracking is off (`run_id is None`).
+
+    Tracking is best-effort: the first MLflow error is one warning, after which this tracker logs nothing more;
+    it never changes the stage's result.
+    """
 
     def __init__(self, run_id: str | None) -> None:
         self.run_id = run_id
 
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if self.run_id is None:
+            return
+        import mlflow
+
+        try:
+            getattr(mlflow, method)(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any store failure: warn once, then stop tracking
+            _warn(err)
+            self.run_id = None
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log scalar metrics (keys as in metrics.json) at an optional step."""
-        if self.run_id is not None:
-            import mlflow
-
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copy a small file (manifest, preview, report) into the run's artifacts."""
-        if self.run_id is not None:
-            import mlflow
-
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        self._call("log_artifact", str(path), artifact_path=artifact_path)
 
     def log_manifest(self, directory: Path) -> None:
         """Log the stage's manifest.json."""
         self.log_artifact(Path(directory) / MANIFEST_FILE)
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive `flock` beside a local SQLite store while it is opened (created and migrated on first
+    use): runs that start at once never migrate a new store twice. Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -78,7 +110,8 @@ def stage_run(
 
     Sets experiment `fourd` (or `$FOURD_MLFLOW_EXPERIMENT`), run name `<stage>/<subject>`, tags `stage`,
     `subject`, `git_sha` and `dvc_stage=<stage>@<subject>`, the parent run from `$FOURD_PARENT_RUN_ID`, and
-    logs the flattened config as params. An exception inside marks the run FAILED and propagates.
+    logs the flattened config as params. An exception inside marks the run FAILED and propagates. Tracking is
+    best-effort: a store that cannot be opened or written is one warning and the stage runs untracked.
 
     Raises:
         StageError: tracking is on but MLflow is not installed, or `FOURD_TRACKING` has an unknown value.
@@ -95,16 +128,32 @@ def stage_run(
     except ImportError:
         raise StageError(f"MLflow is not installed: pip install mlflow, or set {TRACKING_ENV}=off") from None
 
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV, "fourd"))
-    if EXPERIMENT_KIND[0] not in experiment.tags:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
     tags = {"stage": stage, "subject": subject, "git_sha": git_sha(), "dvc_stage": f"{stage}@{subject}"}
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     parent = os.environ.get(PARENT_RUN_ENV) or None
-    nested = parent is not None or mlflow.active_run() is not None
-    with mlflow.start_run(run_name=f"{stage}/{subject}", tags=tags, parent_run_id=parent, nested=nested) as run:
-        params = {k: v[:_MAX_PARAM_CHARS] for k, v in flatten_config(config).items()}
-        mlflow.log_params(params)
-        log.info("MLflow run %s (%s/%s) at %s", run.info.run_id, stage, subject, mlflow.get_tracking_uri())
-        yield Tracker(run.info.run_id)
+    try:
+        mlflow.set_tracking_uri(tracking_uri())
+        with _store_lock(mlflow.get_tracking_uri()):
+            experiment = mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV, "fourd"))
+            if EXPERIMENT_KIND[0] not in experiment.tags:
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        nested = parent is not None or mlflow.active_run() is not None
+        run = mlflow.start_run(run_name=f"{stage}/{subject}", tags=tags, parent_run_id=parent, nested=nested)
+    except Exception as err:  # noqa: BLE001 - tracking never decides a stage's result
+        _warn(err)
+        yield Tracker(None)
+        return
+    tracker = Tracker(run.info.run_id)
+    tracker._call("log_params", {k: v[:_MAX_PARAM_CHARS] for k, v in flatten_config(config).items()})
+    log.info("MLflow run %s (%s/%s) at %s", run.info.run_id, stage, subject, mlflow.get_tracking_uri())
+    status = "FINISHED"
+    try:
+        yield tracker
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        try:
+            mlflow.end_run(status)
+        except Exception as err:  # noqa: BLE001
+            _warn(err)

@@ -1,11 +1,14 @@
 """Atomic, resumable checkpoints of the distill trainer: field, occupancy grid, optimiser state, generator, step.
 
 One safetensors file (no pickles): a resume restores every random draw's source, so the run continues bit for bit
-as if it had never stopped.
+as if it had never stopped. Its metadata ties it to the run that wrote it (the config's hash and the content hash
+of every input), and only that run resumes from it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Protocol
@@ -20,10 +23,22 @@ from stages.distill.config import DistillConfig
 from stages.distill.fields import DynamicNeRFField
 from stages.distill.renderer import OccupancyGrid
 
-__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "Resumable", "state_tensors", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CHECKPOINT_FORMAT",
+    "Resumable",
+    "StaleCheckpoint",
+    "state_tensors",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resume_checkpoint",
+]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-CHECKPOINT_FORMAT = "fourd.distill.ckpt/v1"
+CHECKPOINT_FORMAT = "fourd.distill.ckpt/v2"
+"""v2 adds `inputs_sha256`; a v1 checkpoint is stale (another run) and is replaced."""
 
 
 class Resumable(Protocol):
@@ -48,21 +63,44 @@ def state_tensors(trainer: Resumable) -> dict[str, Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_checkpoint(trainer: Resumable, path: Path) -> None:
-    """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new."""
+class StaleCheckpoint(StageError):
+    """A checkpoint that cannot resume this run (another config or inputs, another layout, unreadable): the
+    trainer removes it and starts fresh instead of failing."""
+
+
+def save_checkpoint(
+    trainer: Resumable, path: Path, *, inputs_sha256: str = "", metrics: dict[str, float] | None = None
+) -> None:
+    """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new.
+
+    `metrics` (the step's logged terms) travel in the metadata, so a finished run that is resumed reports the same
+    final metrics as the run that wrote it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    meta = {"step": str(trainer.step), "format": CHECKPOINT_FORMAT, "config_sha256": config_sha256(trainer.config)}
+    meta = {
+        "step": str(trainer.step),
+        "format": CHECKPOINT_FORMAT,
+        "config_sha256": config_sha256(trainer.config),
+        "inputs_sha256": inputs_sha256,
+        "metrics": json.dumps(metrics or {}),
+    }
     save_file(state_tensors(trainer), str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def load_checkpoint(trainer: Resumable, path: Path) -> None:
-    """Restore a `save_checkpoint` file into `trainer` (same config).
+def load_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") -> dict[str, float]:
+    """Restore a `save_checkpoint` file of this very run (same config, same inputs) into `trainer`.
+
+    Everything is checked before anything is restored, so a refused checkpoint leaves the trainer untouched.
+
+    Returns:
+        The metrics of the step the checkpoint was written at.
 
     Raises:
-        StageError: the file is unreadable or was written for another field layout.
+        StaleCheckpoint: the file is unreadable, or was written by another run: another config, other inputs
+            or another field layout (the message says which).
     """
     from safetensors import safe_open
 
@@ -71,16 +109,19 @@ def load_checkpoint(trainer: Resumable, path: Path) -> None:
             meta = fh.metadata() or {}
         state = load_file(str(path))
     except Exception as err:  # noqa: BLE001 - any reader failure means the same to the user
-        raise StageError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise StaleCheckpoint(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise StageError(f"{path}: not a distill checkpoint")
+        raise StaleCheckpoint(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
     if meta.get("config_sha256") != config_sha256(trainer.config):
-        raise StageError(f"{path}: written with another config; use a fresh --checkpoint folder to start over")
-    field_state = {k[len("field.") :]: v for k, v in state.items() if k.startswith("field.")}
-    try:
-        trainer.field.load_state_dict(field_state)
-    except RuntimeError as err:
-        raise StageError(f"{path}: checkpoint does not match the configured field ({err})") from None
+        raise StaleCheckpoint(f"{path}: written with another config")
+    if meta.get("inputs_sha256") != inputs_sha256:
+        raise StaleCheckpoint(f"{path}: written from other inputs (their content hash differs)")
+    for prefix, module in (("field.", trainer.field), ("occupancy.", trainer.occupancy)):
+        want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        got = {k[len(prefix) :]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
+        if want != got:
+            raise StaleCheckpoint(f"{path}: its {prefix[:-1]} layout differs from the configured one")
+    trainer.field.load_state_dict({k[len("field.") :]: v for k, v in state.items() if k.startswith("field.")})
     trainer.occupancy.load_state_dict(
         {k[len("occupancy.") :]: v for k, v in state.items() if k.startswith("occupancy.")}
     )
@@ -93,3 +134,25 @@ def load_checkpoint(trainer: Resumable, path: Path) -> None:
     trainer.optimizer.load_state_dict({"state": params, "param_groups": template["param_groups"]})
     trainer.generator.set_state(state["rng.cpu"])
     trainer.step = int(meta["step"])
+    return {k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()}
+
+
+def resume_checkpoint(trainer: Resumable, path: Path, inputs_sha256: str) -> dict[str, float]:
+    """Resume `trainer` from `path` when it holds this run's checkpoint; remove any other one (a warning) and the
+    temp file of a save cut short by a kill, so training starts fresh.
+
+    Returns:
+        The metrics of the checkpoint's step ({} when training starts fresh).
+    """
+    path = Path(path)
+    path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+    if not path.is_file():
+        return {}
+    try:
+        metrics = load_checkpoint(trainer, path, inputs_sha256=inputs_sha256)
+    except StaleCheckpoint as err:
+        log.warning("%s: removed it, training starts at step 0", err)
+        path.unlink()
+        return {}
+    log.info("resumed from %s at step %d", path.parent, trainer.step)
+    return metrics

@@ -24,6 +24,7 @@ from stages.common.cameras import OrbitCamera, load_cameras, save_cameras
 from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
+from stages.common.fingerprint import inputs_sha256
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_preview_video, write_rgba
 from stages.common.logs import progress
 from stages.common.seeding import deterministic_algorithms, make_generator, seed_everything
@@ -64,7 +65,8 @@ def run(
         weights_dir: converted 4DM folder, e.g. weights/fourdm.
         lpips_dir: folder with `vgg16-397923af.pth` and `vgg.pth` (LPIPS-VGG of the anchor loss).
         output_dir: artifact folder; replaced as a whole only when the stage succeeds.
-        checkpoint_dir: folder for resumable checkpoints; a rerun with the same folder resumes there.
+        checkpoint_dir: folder for resumable checkpoints; a rerun with the same folder, config and inputs resumes
+            there (a checkpoint of another config or other inputs is replaced).
         on_step: called with the trainer after every optimisation step (benchmarks/distill_quality.py watches the
             field converge through it).
 
@@ -169,6 +171,9 @@ def run(
         final = trainer.fit(
             config.num_steps,
             checkpoint_dir=checkpoint_dir,
+            inputs_sha256=_inputs_sha256(config, input_dir, preprocess_dir, weights_dir, lpips_dir)
+            if checkpoint_dir is not None
+            else "",
             on_metrics=on_metrics,
             on_validate=validate,
             on_step=on_step,
@@ -274,6 +279,19 @@ def write_train_log(path: Path, records: list[dict[str, float]]) -> None:
     """The losses of every logged step as JSON lines (`{"step": …, "loss/total": …, …}`), for people and the eval
     report's loss curves. A run that resumed from a checkpoint logs the steps it trained itself."""
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
+
+
+def _inputs_sha256(config: DistillConfig, *dirs: Path) -> str:
+    """Content hash of what the run reads: the two artifacts, and the 4DM and LPIPS folders when their loss is on."""
+    input_dir, preprocess_dir, weights_dir, lpips_dir = dirs
+    w = config.loss_weights
+    used = [
+        input_dir,
+        preprocess_dir,
+        *([weights_dir] if w.sds > 0 else []),
+        *([lpips_dir] if w.anchor_lpips > 0 else []),
+    ]
+    return inputs_sha256(used)
 
 
 def _eval_cameras(config: DistillConfig) -> list[OrbitCamera]:

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from stages.common.cameras import OrbitCamera
-from stages.common.logs import progress
 from stages.common.lpips import LPIPSVGG
 from stages.distill.anchor import AnchorTarget
 from stages.distill.backprop import build_backprop
@@ -27,6 +26,7 @@ from stages.distill.cameras import Rays, SDSViews, camera_rays, sample_sds_views
 from stages.distill.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from stages.distill.config import DistillConfig
 from stages.distill.fields import DynamicNeRFField
+from stages.distill.fit_loop import fit, metrics_to_floats
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
 from stages.distill.host import to_device
 from stages.distill.losses import anchor_loss_terms, opaque_loss, sparsity_loss
@@ -53,25 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PROGRESS_METRICS = (
-    "loss/total",
-    "loss/sds",
-    "loss/anchor_lpips",
-    "loss/anchor_dssim",
-    "loss/anchor_l1",
-    "loss/reconstruction_rgb",
-    "psnr/anchor",
-)
-"""The metrics a progress line or bar shows (when the step computes them), read every `log_every_steps`."""
-
-
-def metrics_to_floats(metrics: dict[str, Tensor | float]) -> dict[str, float]:
-    """Logged terms as Python floats: the tensors are read from the device in one transfer."""
-    names = [k for k, v in metrics.items() if isinstance(v, Tensor)]
-    values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).tolist() if names else []
-    floats = dict(zip(names, values, strict=True))
-    return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
 
 
 class Trainer:
@@ -368,49 +349,45 @@ class Trainer:
         num_steps: int,
         *,
         checkpoint_dir: Path | None = None,
+        inputs_sha256: str = "",
         on_metrics: Callable[[int, dict[str, float]], None] | None = None,
         on_validate: Callable[[int], None] | None = None,
         on_step: Callable[[Trainer], None] | None = None,
     ) -> dict[str, float]:
-        """Train until `self.step == num_steps`, resuming from `checkpoint_dir` when it holds a checkpoint.
+        """Train until `self.step == num_steps`, resuming from `checkpoint_dir` when it holds this run's checkpoint.
+
+        A checkpoint resumes only the run that wrote it: same config and same `inputs_sha256`. Any other one (another
+        config, other inputs, another layout, unreadable) is removed with a warning and training starts fresh.
 
         Args:
             num_steps: the step count to reach.
             checkpoint_dir: folder for `checkpoint.safetensors` (written atomically every
                 `checkpoint_every_steps` and at the end); None trains without checkpoints.
+            inputs_sha256: content hash of every input the run reads (`stages.common.fingerprint`), stored in
+                the checkpoint and compared on resume.
             on_metrics: called every `log_every_steps` with (step, metrics); the metrics are read from the device
                 only then.
             on_validate: called every `validate_every_steps` with the step.
             on_step: called after every step with the trainer (benchmarks observe the field through it; an
                 exception it raises ends the training).
+
+        Raises:
+            StageError: a loss term or a parameter became NaN or infinite (names the step and the term).
         """
-        cfg = self.config
-        if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).is_file():
-            self.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
-            log.info("resumed from %s at step %d", checkpoint_dir, self.step)
-        metrics: dict[str, Tensor | float] = {}
-        first = self.step + 1
-        steps = progress(range(self.step, num_steps), desc="distill", total=num_steps, initial=self.step)
-        for _ in steps:
-            metrics = self.step_tensors()
-            logged = self.step % cfg.log_every_steps == 0 or self.step == num_steps
-            if logged or self.step == first:  # the first step too: the first progress line shows losses
-                floats = metrics_to_floats(metrics)
-                steps.set_postfix({k: floats[k] for k in PROGRESS_METRICS if k in floats})
-                if logged and on_metrics is not None:
-                    on_metrics(self.step, floats)
-            if on_validate is not None and self.step % cfg.validate_every_steps == 0:
-                on_validate(self.step)
-            if on_step is not None:
-                on_step(self)
-            if checkpoint_dir is not None and (self.step % cfg.checkpoint_every_steps == 0 or self.step == num_steps):
-                self.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE)
-        return metrics_to_floats(metrics)
+        return fit(
+            self,
+            num_steps,
+            checkpoint_dir=checkpoint_dir,
+            inputs_sha256=inputs_sha256,
+            on_metrics=on_metrics,
+            on_validate=on_validate,
+            on_step=on_step,
+        )
 
     # -- checkpoints (stages.distill.checkpoint) ---------------------------------------------------------
 
-    def save_checkpoint(self, path: Path) -> None:
-        save_checkpoint(self, path)
+    def save_checkpoint(self, path: Path, *, inputs_sha256: str = "", metrics: dict[str, float] | None = None) -> None:
+        save_checkpoint(self, path, inputs_sha256=inputs_sha256, metrics=metrics)
 
-    def load_checkpoint(self, path: Path) -> None:
-        load_checkpoint(self, path)
+    def load_checkpoint(self, path: Path, *, inputs_sha256: str = "") -> dict[str, float]:
+        return load_checkpoint(self, path, inputs_sha256=inputs_sha256)

@@ -173,8 +173,11 @@ class FourDMPipeline:
                 kwargs["torch_dtype"] = torch_dtype
             try:
                 parts[name] = klass.from_pretrained(directory / name, **kwargs)
-            except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
-                raise StageError(f"cannot load {name} from {directory / name}: {err}") from None
+            except Exception as err:  # noqa: BLE001 - a truncated or foreign file raises anything (SafetensorError, …)
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise StageError(
+                    f"cannot load {name} from {directory / name} ({type(err).__name__}: {first})"
+                ) from None
         return cls(**parts)
 
     # -- conditioning -----------------------------------------------------------------------------------------

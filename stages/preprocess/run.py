@@ -37,6 +37,14 @@ def _subject_name(input_path: Path, subject: str | None) -> str:
     return name if _SUBJECT_RE.match(name) else f"s-{name}"
 
 
+def _in_source_pixels(box: tuple[int, int, int, int], scale: float) -> tuple[int, int, int, int]:
+    """A box of the decoded frames (scaled down from large sources, `video_io.MAX_DECODE_SIDE_PX`) in source pixels."""
+    if scale == 1.0:
+        return box
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    return x0, y0, x1, y1
+
+
 def _resolve_prompt(config: PreprocessConfig, input_path: Path) -> str | None:
     """Config value first, then `<stem>.txt` / `prompt.txt` beside the video, or `prompt.txt` in a folder."""
     if config.prompt is not None:
@@ -113,7 +121,7 @@ def run(
         if config.framing == "recenter":
             crop = square_crop_box(box, config.margin_frac)
         else:
-            crop = square_crop_box((0, 0, info.width, info.height), 0.0)
+            crop = square_crop_box((0, 0, frames[0].shape[1], frames[0].shape[0]), 0.0)
         outputs = []
         for frame, alpha in zip(frames, alphas, strict=True):
             rgba = np.dstack([frame[..., :3], np.round(alpha * 255.0).astype(np.uint8)])
@@ -145,7 +153,7 @@ def run(
                 source_num_frames=info.num_frames,
                 source_indices=indices,
                 source_size=(info.width, info.height),
-                crop_box=crop,
+                crop_box=_in_source_pixels(crop, info.width / frames[0].shape[1]),
                 alpha_source=alpha_source,
                 prompt=prompt,
             )

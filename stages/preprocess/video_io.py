@@ -2,6 +2,10 @@
 
 Videos are decoded with PyAV (FFmpeg). The frame count is what actually decodes, not what the container
 claims, and a video that decodes fewer frames than its header declares is reported as truncated.
+
+Memory stays bounded whatever the input's resolution: frames are decoded one at a time, and a kept frame whose
+longer side exceeds `MAX_DECODE_SIDE_PX` is scaled down as it is converted (FFmpeg's scaler; `INTER_AREA` for
+image files), so the kept frames, the matting and the crop work on at most 2048² pixels a frame.
 """
 
 from __future__ import annotations
@@ -17,12 +21,23 @@ import numpy as np
 from stages.common.errors import StageError
 from stages.common.image_io import read_image
 
-__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "SourceInfo", "probe_source", "read_frames", "select_indices"]
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "MAX_DECODE_SIDE_PX",
+    "SourceInfo",
+    "probe_source",
+    "read_frames",
+    "select_indices",
+]
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_DECODE_SIDE_PX = 2048
+"""Longer side of the frames `read_frames` returns; larger sources are scaled down while decoding (8× the
+production output of 256 px, so the crop still has more pixels than the output)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,14 @@ class SourceInfo:
     height: int
     frame_files: tuple[Path, ...] = ()
     """Frame-folder inputs: the frame files in time order."""
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """(width, height) of the frames `read_frames` returns: the source's, scaled to fit `MAX_DECODE_SIDE_PX`."""
+        scale = min(1.0, MAX_DECODE_SIDE_PX / max(self.width, self.height))
+        if scale == 1.0:
+            return self.width, self.height
+        return max(1, round(self.width * scale)), max(1, round(self.height * scale))
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -166,10 +189,13 @@ def read_frames(info: SourceInfo, indices: list[int]) -> list[np.ndarray]:
         StageError: a frame fails to decode, or frames differ in size.
     """
     if info.kind == "folder":
-        frames = [read_image(info.frame_files[i]) for i in indices]
-        if any(f.shape[:2] != frames[0].shape[:2] for f in frames):
-            sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
-            raise StageError(f"frames in {info.path} differ in size: {', '.join(sizes)}")
+        frames, sizes = [], set()
+        for i in indices:  # one full-size image at a time
+            image = read_image(info.frame_files[i])
+            sizes.add(f"{image.shape[1]}x{image.shape[0]}")
+            frames.append(_fit(image, info.decode_size))
+        if len(sizes) > 1:
+            raise StageError(f"frames in {info.path} differ in size: {', '.join(sorted(sizes))}")
         if any(f.shape[2] == 4 for f in frames):
             frames = [f if f.shape[2] == 4 else np.dstack([f, np.full(f.shape[:2], 255, np.uint8)]) for f in frames]
         return frames
@@ -189,7 +215,10 @@ def _read_video_frames(info: SourceInfo, indices: list[int]) -> list[np.ndarray]
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    out[wanted[i]] = frame.to_ndarray(format="rgba" if keep_alpha else "rgb24")
+                    width, height = info.decode_size
+                    out[wanted[i]] = frame.to_ndarray(
+                        format="rgba" if keep_alpha else "rgb24", width=width, height=height, interpolation="AREA"
+                    )
                 if i >= indices[-1]:
                     break
         except av.error.FFmpegError as err:
@@ -197,3 +226,12 @@ def _read_video_frames(info: SourceInfo, indices: list[int]) -> list[np.ndarray]
     if any(f is None for f in out):
         raise StageError(f"video {info.path} changed while reading: frame {indices[out.index(None)]} missing")
     return [f for f in out if f is not None]
+
+
+def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` scaled down to `size` (width, height) when it is larger (one image file at a time)."""
+    if image.shape[1] <= size[0] and image.shape[0] <= size[1]:
+        return image
+    import cv2
+
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stages.common.artifacts import MANIFEST_FILE, PreprocessManifest, staged_output_dir
 from stages.common.errors import StageError
+from stages.common.image_io import write_rgba
 
 
 def make_manifest(files: list[str]) -> PreprocessManifest:
@@ -31,11 +33,16 @@ def make_manifest(files: list[str]) -> PreprocessManifest:
     )
 
 
-def write_artifact(directory, files=("a.txt",)):
+FRAME = "frames/rgba_00000.png"
+
+
+def write_artifact(directory, files=("a.txt",), frame_px=8):
+    """A preprocess artifact of one `frame_px`² frame (the manifest says 8 px) plus text files."""
     directory.mkdir(parents=True, exist_ok=True)
     for f in files:
         (directory / f).write_text("x")
-    manifest = make_manifest(list(files))
+    write_rgba(directory / FRAME, np.zeros((frame_px, frame_px, 4), np.uint8))
+    manifest = make_manifest([*files, FRAME])
     manifest.write(directory)
     return manifest
 
@@ -106,10 +113,10 @@ def test_staged_output_failure_keeps_the_previous_result(tmp_path):
     with pytest.raises(RuntimeError):
         with staged_output_dir(out) as tmp:
             raise RuntimeError("fails")
-    assert (out / "old.txt").exists() and PreprocessManifest.load(out).files == ["old.txt"]
+    assert (out / "old.txt").exists() and PreprocessManifest.load(out).files == ["old.txt", FRAME]
     with staged_output_dir(out) as tmp:
         write_artifact(tmp, files=("new.txt",))
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["frames", MANIFEST_FILE, "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -141,9 +148,9 @@ def test_view_set_files_and_load_any_manifest(tmp_path):
     files = views.file_list()
     assert len(files) == 7 and files[0] == "v00/rgba_00000.png" and files[-1] == "cameras.json"
     assert views.frame_path(tmp_path, 1, 2) == tmp_path / "v01/rgba_00002.png"
-    for f in files:
-        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_text("x")
+    for f in files[:-1]:
+        write_rgba(tmp_path / f, np.zeros((8, 8, 4), np.uint8))
+    (tmp_path / "cameras.json").write_text(json.dumps([{}, {}]))  # the check counts them
     MvgenManifest(
         subject="s", files=files, config_sha256="0", code_version="t", views=views, prompt=None, fps=8.0
     ).write(tmp_path)
@@ -154,6 +161,24 @@ def test_view_set_files_and_load_any_manifest(tmp_path):
     (tmp_path / "odd" / MANIFEST_FILE).write_text(json.dumps({"schema_id": "fourd.other/v9"}))
     with pytest.raises(StageError, match="unknown schema_id 'fourd.other/v9'"):
         load_any_manifest(tmp_path / "odd")
+    (tmp_path / "cameras.json").write_text(json.dumps([{}, {}, {}]))
+    with pytest.raises(StageError, match="3 cameras, but the manifest says the mvgen views has 2 views"):
+        load_any_manifest(tmp_path)
+    write_rgba(tmp_path / files[0], np.zeros((32, 32, 4), np.uint8))
+    (tmp_path / "cameras.json").write_text(json.dumps([{}, {}]))
+    with pytest.raises(StageError, match="rgba_00000.png: 32x32 px, but the manifest says the mvgen views are 8x8"):
+        load_any_manifest(tmp_path)
+
+
+def test_an_artifact_that_contradicts_its_manifest_is_refused_naming_the_first_mismatch(tmp_path):
+    write_artifact(tmp_path / "big", frame_px=32)  # the manifest says 8 px
+    with pytest.raises(StageError, match=r"rgba_00000.png: 32x32 px, but the manifest says the frames are 8x8"):
+        PreprocessManifest.load(tmp_path / "big")
+    write_artifact(tmp_path / "art")
+    data = json.loads((tmp_path / "art" / MANIFEST_FILE).read_text())
+    (tmp_path / "art" / MANIFEST_FILE).write_text(json.dumps({**data, "source_indices": [0, 1]}))
+    with pytest.raises(StageError, match=r"2 source_indices for num_frames 1"):
+        PreprocessManifest.load(tmp_path / "art")
 
 
 def test_a_stage_without_git_records_the_commit_it_was_given(tmp_path):

@@ -67,10 +67,10 @@ def test_cli_missing_required_path_is_one_line_error(tmp_path, capsys):
     assert err[-1] == "error: missing required argument --input"
 
 
-def test_cli_bad_override_type_exits_nonzero(tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        cli_main(run, PreprocessConfig, ["--input", "x", "--output", str(tmp_path), "--size-px", "big"])
-    assert exc.value.code != 0
+def test_cli_bad_override_type_is_one_line_error(tmp_path, capsys):
+    rc = cli_main(run, PreprocessConfig, ["--input", "x", "--output", str(tmp_path), "--size-px", "big"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: --size-px: invalid literal for int()")
 
 
 def test_cli_runtime_file_sets_the_runtime_section_and_flags_still_override(tmp_path):

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from subprocess import PIPE
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -7,6 +11,8 @@ from mlflow.tracking import MlflowClient
 from stages.common.artifacts import git_sha
 from stages.common.tracking import stage_run
 from stages.preprocess import PreprocessConfig
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def only_run(name: str):
@@ -94,3 +100,56 @@ def test_a_stage_in_the_images_environment_records_its_commit_without_git_warnin
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])  # mlflow.set_tracking_uri would outlive the test
     (run,) = client.search_runs([client.get_experiment_by_name("fourd").experiment_id])
     assert run.info.run_name == "preprocess/fox" and run.data.tags["git_sha"] == "0123abc"
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from stages.common.config import StageConfig
+from stages.common.tracking import stage_run
+import mlflow  # noqa: F401 - imported before the start line, so that both cross it together
+Path(f"ready-{sys.argv[1]}").touch()
+while len(list(Path().glob("ready-*"))) < 2:
+    time.sleep(0.002)
+with stage_run("preprocess", StageConfig(), subject=sys.argv[1]) as tracker:
+    tracker.log_metrics({"x": 1.0})
+"""
+
+
+def test_runs_starting_at_once_on_a_new_sqlite_store_are_all_tracked(tmp_path, monkeypatch):
+    """The store is created and migrated once (a lock), not by each run at the same time."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _RACER, f"s{i}"], env=env, cwd=tmp_path, stderr=PIPE) for i in (0, 1)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert not any("tracking failed" in e for e in errors), errors  # every run reached the store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with stage_run("preprocess", PreprocessConfig(), subject="after"):
+        pass
+    runs = mlflow.search_runs(experiment_names=["fourd"], output_format="list")
+    assert {r.data.tags["mlflow.runName"] for r in runs} == {"preprocess/s0", "preprocess/s1", "preprocess/after"}
+
+
+def test_a_store_that_fails_during_the_stage_is_one_warning_and_the_stage_succeeds(tmp_path, monkeypatch, capsys):
+    from stages.common.cli import cli_main
+    from stages.preprocess import run
+    from tests.synthetic import disc_frames, write_video
+
+    write_video(tmp_path / "disc.mp4", disc_frames(12, 40, 30, radius=5)[0], fps=12)
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", "./mlruns")
+
+    monkeypatch.setattr(mlflow, "log_artifact", read_only)  # the manifest is logged after the output is in place
+    argv = ["--config", str(REPO / "configs/tiny/preprocess.yaml"), "--input", str(tmp_path / "disc.mp4")]
+    assert cli_main(run, PreprocessConfig, [*argv, "--output", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "tracking failed" in line]
+    assert len(warnings) == 1 and "Read-only file system" in warnings[0] and "Traceback" not in err

@@ -172,3 +172,125 @@ def test_the_manifest_records_every_hash_grid_backend_the_config_offers():
     offered = typing.get_args(FieldConfig.model_fields["backend"].annotation)
     recorded = typing.get_args(DistillManifest.model_fields["hash_backend"].annotation)
     assert offered and set(offered) == set(recorded)
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(upstream, tmp_path, caplog):
+    """Another --input (mvgen sampled with another seed) or another config starts fresh; never the old field."""
+    from stages.mvgen import MvgenConfig
+    from stages.mvgen import run as mvgen
+
+    ckpt = tmp_path / "ckpt"
+    run_tiny(upstream, tmp_path / "a", checkpoint_dir=ckpt)
+    other = {**upstream, "mvgen": tmp_path / "mvgen-seed1"}
+    mvgen_cfg = load_config(MvgenConfig, REPO / "configs/tiny/mvgen.yaml").model_copy(update={"seed": 1})
+    mvgen(mvgen_cfg, input_dir=upstream["pre"], weights_dir=upstream["weights"], output_dir=other["mvgen"])
+    run_tiny(other, tmp_path / "b", checkpoint_dir=ckpt)
+    assert "written from other inputs" in caplog.text
+    run_tiny(other, tmp_path / "fresh")
+    field = "field.safetensors"
+    assert (tmp_path / "b" / field).read_bytes() == (tmp_path / "fresh" / field).read_bytes()
+    assert (tmp_path / "b" / field).read_bytes() != (tmp_path / "a" / field).read_bytes()
+    caplog.clear()
+    changed = TINY.model_copy(update={"seed": 3})
+    run_tiny(other, tmp_path / "c", config=changed, checkpoint_dir=ckpt)  # a config change reruns, no error
+    assert "written with another config" in caplog.text
+    run_tiny(other, tmp_path / "c-fresh", config=changed)
+    assert (tmp_path / "c" / field).read_bytes() == (tmp_path / "c-fresh" / field).read_bytes()
+
+
+def test_an_mvgen_folder_that_contradicts_its_manifest_is_refused_before_training(upstream, tmp_path, capsys):
+    import json
+    import shutil
+
+    mvgen_dir = shutil.copytree(upstream["mvgen"], tmp_path / "mvgen")
+    data = json.loads((mvgen_dir / "manifest.json").read_text())
+    data["views"]["size_px"] = 8  # the frames are 16 px
+    (mvgen_dir / "manifest.json").write_text(json.dumps(data))
+    args = ["--input", str(mvgen_dir), "--preprocess", str(upstream["pre"]), "--weights", str(upstream["weights"])]
+    args += ["--lpips", str(upstream["lpips"]), "--output", str(tmp_path / "out")]
+    assert cli_main(run, DistillConfig, ["--config", str(REPO / "configs/tiny/distill.yaml"), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "16x16 px, but the manifest says the mvgen views are 8x8 px" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+# One process imports the stage once, then forks a child per attempt; each child runs the distill CLI and SIGKILLs
+# itself at the `n`-th call of its target: inside an optimiser step (gradients computed, parameters not updated),
+# inside a checkpoint save (the temp file half written, not yet renamed), or inside the final write (some renders in
+# the staging folder). The parent prints each child's exit status.
+_CHAOS = """
+import json, os, signal, sys
+from stages.common.cli import cli_main
+from stages.distill import DistillConfig, run
+run_module, checkpoint_module = sys.modules["stages.distill.run"], sys.modules["stages.distill.checkpoint"]
+import torch
+
+plan, argv = json.loads(sys.argv[1]), sys.argv[2:]
+
+def killing(original, n, before=None):
+    calls = [0]
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            if before is not None:
+                before(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+    return wrapper
+
+def half_save(state, path, metadata=None):
+    checkpoint_save(state, path, metadata=metadata)
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 2)
+
+checkpoint_save = checkpoint_module.save_file
+statuses = []
+for target, n in plan:
+    pid = os.fork()
+    if pid == 0:
+        torch.set_num_threads(1)
+        if target == "step":
+            torch.optim.AdamW.step = killing(torch.optim.AdamW.step, n)
+        elif target == "checkpoint":
+            checkpoint_module.save_file = killing(checkpoint_save, n, before=half_save)
+        elif target == "final-write":
+            run_module.write_rgba = killing(run_module.write_rgba, n, before=run_module.write_rgba)
+        os._exit(cli_main(run, DistillConfig, argv))
+    statuses.append(os.waitpid(pid, 0)[1])
+print(json.dumps(statuses))
+"""
+
+
+def test_distill_killed_anywhere_and_rerun_ends_with_the_uninterrupted_output_and_no_debris(upstream, tmp_path):
+    """Chaos: SIGKILL mid-step, mid-checkpoint and mid-final-write (call numbers drawn at random), a rerun after each;
+    the last rerun's output equals an uninterrupted run's, byte for byte, and nothing else is left behind."""
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+
+    config = TINY.model_copy(update={"num_steps": 4})
+    reference = run_tiny(upstream, tmp_path / "reference", config=config)
+    rng = random.Random(19)
+    out, ckpt = tmp_path / "runs" / "out", tmp_path / "runs" / "ckpt"
+    argv = ["--config", str(REPO / "configs/tiny/distill.yaml"), "--num-steps", "4", "--input", str(upstream["mvgen"])]
+    argv += ["--preprocess", str(upstream["pre"]), "--weights", str(upstream["weights"]), "--lpips"]
+    argv += [str(upstream["lpips"]), "--output", str(out), "--checkpoint", str(ckpt)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FOURD_TRACKING": "off", "OMP_NUM_THREADS": "1"}
+    # 4 steps with a checkpoint after each, then 4 views × 4 frames of renders: kill in step 2 or 3, in the next
+    # checkpoint save, and in one of the first 16 renders; then a last run that finishes.
+    plan = [("step", rng.randint(2, 3)), ("checkpoint", 1), ("final-write", rng.randint(1, 16)), ("none", 0)]
+    cmd = [sys.executable, "-c", _CHAOS, json.dumps(plan), *argv]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert statuses == [signal.SIGKILL] * 3 + [0], (plan, statuses, proc.stderr[-3000:])
+    ref = tmp_path / "reference"
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(ref).as_posix() for p in ref.rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    assert DistillManifest.load(out) == reference
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt", "out"]  # no staging folder
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint.safetensors"]  # no half-written temp file

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from stages.common import logs
 from stages.common.cameras import OrbitCamera
@@ -67,9 +68,42 @@ def test_resume_gives_bit_identical_parameters(parts, tmp_path):
     sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
     assert not list(Path(tmp_path).glob(".*tmp")) and (tmp_path / CHECKPOINT_FILE).is_file()
-    other = make_trainer(config.model_copy(update={"seed": 1}), parts)
-    with pytest.raises(StageError, match="another config"):
-        other.fit(5, checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_of_another_config_or_inputs_is_replaced_by_a_fresh_run(parts, tmp_path, caplog):
+    make_trainer(TINY, parts).fit(1, checkpoint_dir=tmp_path, inputs_sha256="a")
+    other = TINY.model_copy(update={"seed": 1})
+    fresh = make_trainer(other, parts)
+    fresh.fit(1)
+    for config, inputs, reason in ((other, "a", "another config"), (other, "b", "other inputs")):
+        trainer = make_trainer(config, parts)
+        trainer.fit(1, checkpoint_dir=tmp_path, inputs_sha256=inputs)  # no error: starts at step 0
+        assert reason in caplog.text and "training starts at step 0" in caplog.text
+        for (name, a), b in zip(fresh.field.state_dict().items(), trainer.field.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+        caplog.clear()
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"truncated")
+    make_trainer(other, parts).fit(1, checkpoint_dir=tmp_path, inputs_sha256="b")
+    assert "not a readable checkpoint" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["parameter", "learning rate"])
+def test_a_loss_or_parameter_that_stops_being_finite_stops_training_naming_step_and_term(parts, tmp_path, where):
+    trainer = make_trainer(TINY, parts)
+    if where == "parameter":
+        with torch.no_grad():
+            next(trainer.field.parameters()).fill_(float("nan"))
+        match = r"step 1: parameter 'grid_xyz.params' became NaN or infinite"  # renders empty, losses finite
+    else:  # a finite but absurd learning rate: the first update overflows, the second step's losses are NaN
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = 1e30
+        match = r"step \d: (loss term 'loss/\w+' is (nan|inf)|parameter '[\w.]+'.* became NaN or infinite)"
+    with pytest.raises(StageError, match=match):
+        trainer.fit(2, checkpoint_dir=tmp_path)
+    if (tmp_path / CHECKPOINT_FILE).exists():  # only a checkpoint of a step before the failure
+        assert all(t.isfinite().all() for t in load_file(str(tmp_path / CHECKPOINT_FILE)).values())
+    else:
+        assert where == "parameter"
 
 
 def test_a_checkpoint_resumes_after_a_change_of_the_run_time_knobs(parts, tmp_path):

@@ -271,7 +271,7 @@ BAD_INPUTS = {
     "gt_lacks_frames": r"input frames \[6, 9\] that the ground truth does not have",
     "different_views": "prediction view 0 .* has no ground-truth view within 1°",
     "other_subject": "prediction is of subject 'tiny', ground truth of 'dog'",
-    "wrong_image_size": "rgba_00002.png is 20×20 px; its manifest says 32²",
+    "wrong_image_size": "rgba_00002.png: 20x20 px, but the manifest says the mvgen views are 32x32 px",
     "not_a_prediction": "a render artifact .* holds no predicted views",
     "ground_truth_not_render": "schema_id is 'fourd.mvgen/v1', expected 'fourd.render/v1'",
     "missing_prediction": "has no manifest.json",

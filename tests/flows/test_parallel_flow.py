@@ -115,6 +115,7 @@ def test_cli_keeps_the_single_subject_form_and_batches_several(monkeypatch, caps
     calls: list[tuple[str, tuple]] = []
     monkeypatch.setattr(cli_module, "fourd", _Fake("fourd", calls))
     monkeypatch.setattr(cli_module, "fourd_batch", _Fake("batch", calls))
+    monkeypatch.setattr(cli_module, "check_arguments", lambda *args, **kwargs: None)  # a.mp4 is not a file
     cli_module.main(["--video", "a.mp4", "--subject", "name", "--prompt", "p", "--config-set", "tiny"])
     assert calls[-1] == ("fourd", ("a.mp4", "name", "p", 0.0, "tiny", None, "local", None, None))
     cli_module.main(["--subject", "fox"])

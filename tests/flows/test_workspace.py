@@ -176,3 +176,24 @@ def test_makefile_has_the_orchestration_targets():
 def test_flow_entry_point_is_thin():
     src = Path(REPO / "flows/fourd.py").read_text()
     assert "import stages" not in src and "from stages" not in src  # stages run as CLIs via dvc.yaml
+
+
+def test_registering_a_video_that_lies_in_data_raw_keeps_it(tmp_path):
+    repo = copy_repository(tmp_path / "repo")
+    video = repo / "data/raw/corgi/corgi.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes((REPO / "examples/fox/video.mp4").read_bytes())
+    assert register_subject(repo, video) == "corgi"
+    assert video.read_bytes() == (REPO / "examples/fox/video.mp4").read_bytes()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["subjects"]["corgi"]["input"] == "data/raw/corgi/corgi.mp4"
+    assert (repo / "data/raw/corgi.dvc").is_file()
+    assert register_subject(repo, video) == "corgi"  # the same file again: a no-op
+    # Another file under a name whose folder exists (not registered yet): an error, nothing touched.
+    (repo / "data/raw/dog").mkdir()
+    (repo / "data/raw/dog/video.mp4").write_bytes(b"the user's own file")
+    other = tmp_path / "dog.mp4"
+    other.write_bytes((REPO / "examples/fox/video.mp4").read_bytes())
+    with pytest.raises(WorkspaceError, match="already exists and differs"):
+        register_subject(repo, other)
+    assert (repo / "data/raw/dog/video.mp4").read_bytes() == b"the user's own file"

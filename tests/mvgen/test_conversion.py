@@ -161,3 +161,16 @@ def test_conversion_cli_reports_errors_in_one_line(tmp_path, capsys):
     )
     assert rc == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: checkpoint not found")
+
+
+def test_conversion_cli_bad_flag_is_one_error_line_and_exit_1(capsys):
+    from stages.mvgen.conversion.__main__ import main
+
+    for argv, expected in (
+        (["--imagedream", "x.pt"], "required: --text-encoder"),
+        (["--imagedream", "x", "--text-encoder", "t", "--image-encoder", "i", "--output", "o", "--bogus"], "--bogus"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err

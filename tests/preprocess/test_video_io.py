@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from stages.common.errors import StageError
+from stages.common.image_io import write_rgba
 from stages.preprocess.video_io import probe_source, read_frames, select_indices
 from tests.synthetic import disc_frames, write_video
 
@@ -91,3 +94,32 @@ def test_frame_folder_mixed_sizes_fails(tmp_path):
     Image.new("RGB", (9, 8)).save(tmp_path / "1.png")
     with pytest.raises(StageError, match="differ in size"):
         read_frames(probe_source(tmp_path), [0, 1])
+
+
+def test_a_huge_video_is_decoded_at_a_bounded_size(tmp_path):
+    """Memory stays bounded whatever the resolution: kept frames come back at most MAX_DECODE_SIDE_PX wide."""
+    from stages.preprocess.video_io import MAX_DECODE_SIDE_PX
+
+    frames, _ = disc_frames(8, 2 * MAX_DECODE_SIDE_PX, 128, radius=40)
+    write_video(tmp_path / "wide.mp4", frames, fps=8)
+    info = probe_source(tmp_path / "wide.mp4")
+    assert (info.width, info.height) == (2 * MAX_DECODE_SIDE_PX, 128)
+    out = read_frames(info, [0, 7])
+    assert [f.shape for f in out] == [(64, MAX_DECODE_SIDE_PX, 3)] * 2
+    for i, frame in enumerate(frames[:2]):  # a folder of large stills too
+        write_rgba(tmp_path / "stills" / f"{i:03d}.png", np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)]))
+    stills = read_frames(probe_source(tmp_path / "stills", folder_fps=8), [0, 1])
+    assert [f.shape for f in stills] == [(64, MAX_DECODE_SIDE_PX, 4)] * 2
+
+
+def test_preprocess_of_a_huge_video_records_its_crop_in_source_pixels(tmp_path):
+    from stages.common.config import load_config
+    from stages.preprocess import PreprocessConfig
+    from stages.preprocess import run as preprocess
+
+    frames, _ = disc_frames(8, 4096, 256, radius=60)
+    write_video(tmp_path / "wide.mp4", frames, fps=8)
+    cfg = load_config(PreprocessConfig, Path(__file__).resolve().parents[2] / "configs/tiny/preprocess.yaml")
+    m = preprocess(cfg, input_path=tmp_path / "wide.mp4", output_dir=tmp_path / "out")
+    x0, y0, x1, y1 = m.crop_box
+    assert m.source_size == (4096, 256) and x1 - x0 == y1 - y0 > 100  # the disc (120 px) plus margin, in source px

@@ -99,8 +99,9 @@ def load_clip(weights_dir: Path | None, device: torch.device) -> ClipImageEncode
     try:
         model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         processor = CLIPImageProcessorPil.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise StageError(f"{folder}: cannot load CLIP ({err})") from None
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file raises anything (SafetensorError, …)
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise StageError(f"{folder}: cannot load CLIP ({type(err).__name__}: {first})") from None
     # A key missing from the checkpoint would be left at its random initialisation: refuse, never score with it.
     bad = [k for k in info.get("missing_keys", []) if k.startswith(("vision_model.", "visual_projection."))]
     bad += [str(k) for k in info.get("mismatched_keys", [])]

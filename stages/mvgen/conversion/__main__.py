@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from stages.common.cli_errors import ArgumentParser
 from stages.common.errors import StageError
 from stages.common.logs import setup_logging
 from stages.mvgen.conversion.convert import convert
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.mvgen.conversion", description=__doc__)
+    parser = ArgumentParser(prog="python -m stages.mvgen.conversion", description=__doc__)
     parser.add_argument("--imagedream", type=Path, required=True, help="sd-v2.1-base-4view-ipmv.pt")
     parser.add_argument("--fourdm", type=Path, default=None, help="4dm.ckpt (omit: zero motion modules)")
     parser.add_argument(

@@ -145,8 +145,9 @@ def convert(
         processor = CLIPImageProcessorPil.from_pretrained(
             find_component(image_encoder, "feature_extractor"), local_files_only=True
         )
-    except (OSError, ValueError) as err:
-        raise StageError(f"cannot load a CLIP component: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file raises anything (SafetensorError, …)
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise StageError(f"cannot load a CLIP component: {type(err).__name__}: {first}") from None
     if text.config.hidden_size != unet.config.context_dim:
         raise StageError(f"text encoder width {text.config.hidden_size} != UNet context {unet.config.context_dim}")
     if vision.config.hidden_size != unet.config.ip_embedding_dim:
