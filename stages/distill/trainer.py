@@ -30,6 +30,7 @@ from stages.distill.fields import DynamicNeRFField
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
 from stages.distill.host import to_device
 from stages.distill.losses import anchor_loss_terms, opaque_loss, sparsity_loss
+from stages.distill.metrics import PROGRESS_METRICS, metrics_to_floats
 from stages.distill.reconstruction import build_reconstruction, reconstruction_loss
 from stages.distill.renderer import (
     DeferredRender,
@@ -53,25 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PROGRESS_METRICS = (
-    "loss/total",
-    "loss/sds",
-    "loss/anchor_lpips",
-    "loss/anchor_dssim",
-    "loss/anchor_l1",
-    "loss/reconstruction_rgb",
-    "psnr/anchor",
-)
-"""The metrics a progress line or bar shows (when the step computes them), read every `log_every_steps`."""
-
-
-def metrics_to_floats(metrics: dict[str, Tensor | float]) -> dict[str, float]:
-    """Logged terms as Python floats: the tensors are read from the device in one transfer."""
-    names = [k for k, v in metrics.items() if isinstance(v, Tensor)]
-    values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).tolist() if names else []
-    floats = dict(zip(names, values, strict=True))
-    return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
 
 
 class Trainer:
