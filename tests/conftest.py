@@ -44,6 +44,10 @@ def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     """Every test logs to its own MLflow file store, so the real tracking code runs and nothing leaks."""
     store = tmp_path_factory.mktemp("mlruns")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    # stage_run sets MLflow's process-wide URI; each test starts from its own store whatever an earlier one set.
+    import mlflow
+
+    mlflow.set_tracking_uri(store.as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("DO_NOT_TRACK", "true")

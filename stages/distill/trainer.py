@@ -30,6 +30,7 @@ from stages.distill.fit_loop import fit, metrics_to_floats
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
 from stages.distill.host import to_device
 from stages.distill.losses import anchor_loss_terms, opaque_loss, sparsity_loss
+from stages.distill.metrics import PROGRESS_METRICS, metrics_to_floats
 from stages.distill.reconstruction import build_reconstruction, reconstruction_loss
 from stages.distill.renderer import (
     DeferredRender,
