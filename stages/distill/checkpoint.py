@@ -69,12 +69,17 @@ class StaleCheckpoint(StageError):
 
 
 def save_checkpoint(
-    trainer: Resumable, path: Path, *, inputs_sha256: str = "", metrics: dict[str, float] | None = None
+    trainer: Resumable,
+    path: Path,
+    *,
+    inputs_sha256: str = "",
+    metrics: dict[str, float] | None = None,
+    history: list[dict[str, float]] | None = None,
 ) -> None:
     """Write the checkpoint through a temp file and a rename: a kill at any moment leaves the old or the new.
 
-    `metrics` (the step's logged terms) travel in the metadata, so a finished run that is resumed reports the same
-    final metrics as the run that wrote it.
+    `metrics` (the step's logged terms) and `history` (every logged step so far, `{"step": …, <term>: …}`) travel
+    in the metadata, so a resumed run reports the same metrics and train log as one that never stopped.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +90,7 @@ def save_checkpoint(
         "config_sha256": config_sha256(trainer.config),
         "inputs_sha256": inputs_sha256,
         "metrics": json.dumps(metrics or {}),
+        "history": json.dumps(history or []),
     }
     save_file(state_tensors(trainer), str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -137,22 +143,28 @@ def load_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") 
     return {k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()}
 
 
-def resume_checkpoint(trainer: Resumable, path: Path, inputs_sha256: str) -> dict[str, float]:
+def resume_checkpoint(
+    trainer: Resumable, path: Path, inputs_sha256: str
+) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Resume `trainer` from `path` when it holds this run's checkpoint; remove any other one (a warning) and the
     temp file of a save cut short by a kill, so training starts fresh.
 
     Returns:
-        The metrics of the checkpoint's step ({} when training starts fresh).
+        The metrics of the checkpoint's step and its logged history (both empty when training starts fresh).
     """
+    from safetensors import safe_open
+
     path = Path(path)
     path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
     if not path.is_file():
-        return {}
+        return {}, []
     try:
         metrics = load_checkpoint(trainer, path, inputs_sha256=inputs_sha256)
     except StaleCheckpoint as err:
         log.warning("%s: removed it, training starts at step 0", err)
         path.unlink()
-        return {}
+        return {}, []
+    with safe_open(str(path), "pt") as fh:
+        history = json.loads((fh.metadata() or {}).get("history", "[]"))
     log.info("resumed from %s at step %d", path.parent, trainer.step)
-    return metrics
+    return metrics, history

@@ -277,7 +277,7 @@ def run(
 
 def write_train_log(path: Path, records: list[dict[str, float]]) -> None:
     """The losses of every logged step as JSON lines (`{"step": …, "loss/total": …, …}`), for people and the eval
-    report's loss curves. A run that resumed from a checkpoint logs the steps it trained itself."""
+    report's loss curves. A resumed run logs the steps before its checkpoint too (the checkpoint carries them)."""
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
 
 

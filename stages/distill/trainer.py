@@ -367,7 +367,7 @@ class Trainer:
             inputs_sha256: content hash of every input the run reads (`stages.common.fingerprint`), stored in
                 the checkpoint and compared on resume.
             on_metrics: called every `log_every_steps` with (step, metrics); the metrics are read from the device
-                only then.
+                only then. A resumed run first replays the steps its checkpoint logged.
             on_validate: called every `validate_every_steps` with the step.
             on_step: called after every step with the trainer (benchmarks observe the field through it; an
                 exception it raises ends the training).
