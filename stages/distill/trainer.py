@@ -26,11 +26,11 @@ from stages.distill.cameras import Rays, SDSViews, camera_rays, sample_sds_views
 from stages.distill.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from stages.distill.config import DistillConfig
 from stages.distill.fields import DynamicNeRFField
-from stages.distill.fit_loop import fit, metrics_to_floats
+from stages.distill.fit_loop import fit
 from stages.distill.guidance import FourDMGuidance, GuidanceConditioning
 from stages.distill.host import to_device
 from stages.distill.losses import anchor_loss_terms, opaque_loss, sparsity_loss
-from stages.distill.metrics import PROGRESS_METRICS, metrics_to_floats
+from stages.distill.metrics import metrics_to_floats
 from stages.distill.reconstruction import build_reconstruction, reconstruction_loss
 from stages.distill.renderer import (
     DeferredRender,
