@@ -6,8 +6,8 @@
 # Usage: scripts/assemble_tcnn.sh DEST
 #   DEST must not exist or be empty. Needs git and tar, and network access to GitHub, unless TCNN_REPO,
 #   CUTLASS_REPO and FMT_REPO name local clones or mirrors of the three repositories (bare or not).
-# The tree is third-party code (BSD-3-Clause, BSD-3-Clause, MIT; licences are kept): keep it in a git-ignored folder
-# (.carry/tcnn for the GPU machine, docker/tcnn/src for docker/Dockerfile.distill), never commit it.
+# The tree is third-party code (BSD-3-Clause, BSD-3-Clause, MIT; licences are kept): keep it out of git
+# (a git-ignored folder, e.g. docker/tcnn/src for docker/Dockerfile.distill), never commit it.
 set -euo pipefail
 
 TCNN_COMMIT=6ee3546bda615f51abe684ce9edefeb414689135
