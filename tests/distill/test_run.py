@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from stages.common.artifacts import DistillManifest, load_any_manifest
+from stages.common.artifacts import DistillManifest, git_sha, load_any_manifest
 from stages.common.cameras import load_cameras, orbit_c2w
 from stages.common.cli import cli_main
 from stages.common.config import load_config
@@ -261,7 +261,9 @@ print(json.dumps(statuses))
 """
 
 
-def test_distill_killed_anywhere_and_rerun_ends_with_the_uninterrupted_output_and_no_debris(upstream, tmp_path):
+def test_distill_killed_anywhere_and_rerun_ends_with_the_uninterrupted_output_and_no_debris(
+    upstream, tmp_path, monkeypatch, request
+):
     """Chaos: SIGKILL mid-step, mid-checkpoint and mid-final-write (call numbers drawn at random), a rerun after each;
     the last rerun's output equals an uninterrupted run's, byte for byte, and nothing else is left behind."""
     import json
@@ -270,6 +272,10 @@ def test_distill_killed_anywhere_and_rerun_ends_with_the_uninterrupted_output_an
     import signal
     import subprocess
 
+    # One code version for every run: a commit or a file written elsewhere in the checkout meanwhile must not count.
+    monkeypatch.setenv("FOURD_CODE_VERSION", "chaos-test")
+    git_sha.cache_clear()  # this process may have cached the checkout's commit
+    request.addfinalizer(git_sha.cache_clear)
     config = TINY.model_copy(update={"num_steps": 4})
     reference = run_tiny(upstream, tmp_path / "reference", config=config)
     rng = random.Random(19)
