@@ -208,7 +208,7 @@ def test_download_fetches_checks_and_converts_every_file_then_reruns_from_what_i
 ):
     content = serve_release(sources, tmp_path, monkeypatch)
     folder = tmp_path / "weights"
-    # An earlier run died half-way through the 4DM checkpoint.
+    # A half-written 4DM checkpoint, as a download killed half-way leaves it.
     part = folder / "4dm.ckpt.part"
     part.parent.mkdir(parents=True)
     half = len(content["4dm.ckpt"]) // 2
