@@ -11,24 +11,22 @@ project's one store: `$MLFLOW_TRACKING_URI`, else `sqlite:///<repository>/mlflow
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ParentRun", "store_lock", "tracking_uri"]
+from stages.common.tracking import EXPERIMENT_KIND, store_lock
+
+__all__ = ["ParentRun", "tracking_uri"]
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "fourd"
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-"""Experiment tag that makes MLflow's UI open the experiment on its runs (not the GenAI traces page)."""
 
 
 def tracking_uri(repo: Path) -> str | None:
@@ -45,23 +43,6 @@ def experiment_id(client: Any, name: str = EXPERIMENT) -> str:
     if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
         client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     return exp_id
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Hold the `flock` beside a local SQLite MLflow store that the stages take too (`stages/common/tracking.py`):
-    flows and stages starting at once never create and migrate a new store twice. Other stores need no lock."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class ParentRun:

@@ -22,7 +22,7 @@ from stages.common.artifacts import MANIFEST_FILE, git_sha
 from stages.common.config import flatten_config
 from stages.common.errors import StageError
 
-__all__ = ["Tracker", "stage_run", "tracking_uri", "EXPERIMENT_ENV", "PARENT_RUN_ENV", "TRACKING_ENV"]
+__all__ = ["Tracker", "stage_run", "store_lock", "tracking_uri", "EXPERIMENT_ENV", "PARENT_RUN_ENV", "TRACKING_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ class Tracker:
 
 
 @contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive `flock` beside a local SQLite store while it is opened (created and migrated on first
-    use): runs that start at once never migrate a new store twice. Other stores need no lock."""
+    use): stages and flows that start at once never migrate a new store twice. Other stores need no lock."""
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -133,7 +133,7 @@ def stage_run(
     parent = os.environ.get(PARENT_RUN_ENV) or None
     try:
         mlflow.set_tracking_uri(tracking_uri())
-        with _store_lock(mlflow.get_tracking_uri()):
+        with store_lock(mlflow.get_tracking_uri()):
             experiment = mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV, "fourd"))
             if EXPERIMENT_KIND[0] not in experiment.tags:
                 mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
