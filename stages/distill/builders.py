@@ -8,7 +8,7 @@ from stages.distill.config import DistillConfig, OptimizerConfig
 from stages.distill.fields import DynamicNeRFField
 from stages.distill.renderer import OccupancyGrid
 
-__all__ = ["build_field", "field_kwargs", "build_optimizer", "build_occupancy"]
+__all__ = ["build_field", "field_kwargs", "build_optimizer", "set_learning_rates", "build_occupancy"]
 
 
 def build_field(cfg: DistillConfig) -> DynamicNeRFField:
@@ -40,6 +40,14 @@ def build_optimizer(field: DynamicNeRFField, cfg: OptimizerConfig) -> torch.opti
         {"params": field.mlp_parameters(), "lr": cfg.mlp_lr},
     ]
     return torch.optim.AdamW(groups, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, step: int, num_steps: int) -> None:
+    """The groups' rates at `step` of `num_steps`: `optimizer.final_lr_factor`'s exponential decay (build_optimizer's
+    group order: grids, MLPs)."""
+    scale = cfg.final_lr_factor ** (step / max(1, num_steps))
+    for group, lr in zip(optimizer.param_groups, (cfg.grid_lr, cfg.mlp_lr), strict=True):
+        group["lr"] = lr * scale
 
 
 def build_occupancy(cfg: DistillConfig) -> OccupancyGrid:

@@ -163,6 +163,9 @@ class OptimizerConfig(SubConfig):
     """Adam epsilon (1e-15)."""
     weight_decay: float = Field(0.01, ge=0.0)
     """Decoupled weight decay (torch's AdamW default 0.01, kept by the official config)."""
+    final_lr_factor: float = Field(1.0, gt=0.0, le=1.0)
+    """Ours (1 = the paper's constant rates): both rates decay exponentially to this fraction of their value at the
+    last step, `lr · factor^(step / num_steps)`, so a short fit settles instead of hovering at its step size."""
 
 
 class MeshConfig(SubConfig):
@@ -185,6 +188,10 @@ class ReconstructionConfig(SubConfig):
     rays_per_step: int = Field(0, ge=0)
     """Rays drawn per step over every anchor view × frame × pixel; 0 turns the term off (the paper's recipe). Its
     weights are `loss_weights.reconstruction_rgb` and `loss_weights.reconstruction_mask`."""
+    jitter: bool = False
+    """Each ray goes through a uniformly random point of its pixel instead of the pixel's centre, so the field is
+    fitted to what a pixel averages over its area rather than to one point of it: renders at a finer resolution than
+    the anchor videos then interpolate between pixels instead of repeating each pixel's centre sample."""
 
 
 class DistillRuntime(SubConfig):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from stages.common.cameras import OrbitCamera
+from stages.common.cameras import OrbitCamera, focal_length_px
 from stages.distill.anchor import AnchorTarget
-from stages.distill.cameras import Rays, camera_rays
+from stages.distill.cameras import Rays
 from stages.distill.config import DistillConfig
 
 __all__ = ["ReconstructionRays", "ReconstructionBatch", "build_reconstruction", "reconstruction_loss"]
@@ -43,20 +43,30 @@ class ReconstructionRays:
         cameras: the A cameras, in `videos` order.
         times: (F,) the frames' times in [0, 1].
         device: where the rays and targets live (they are drawn from there each step).
+        jitter: a ray goes through a uniformly random point of its pixel, not its centre (`reconstruction.jitter`).
     """
 
     def __init__(
-        self, videos: Tensor, masks: Tensor, cameras: list[OrbitCamera], times: Tensor, device: torch.device
+        self,
+        videos: Tensor,
+        masks: Tensor,
+        cameras: list[OrbitCamera],
+        times: Tensor,
+        device: torch.device,
+        jitter: bool = False,
     ) -> None:
         num_cams, num_frames, _, size, width = videos.shape
         if size != width or masks.shape != (num_cams, num_frames, 1, size, size) or len(cameras) != num_cams:
             raise ValueError(
                 f"ReconstructionRays: videos {tuple(videos.shape)}, masks {tuple(masks.shape)}, {len(cameras)} cameras"
             )
-        self.num_cameras, self.num_frames, self.pixels = num_cams, num_frames, size * size
-        per_camera = [camera_rays(c, size, device) for c in cameras]
-        self.origins = torch.cat([p.origins for p in per_camera])  # (A·H·W, 3)
-        self.directions = torch.cat([p.directions for p in per_camera])  # (A·H·W, 3)
+        self.num_cameras, self.num_frames, self.size, self.pixels = num_cams, num_frames, size, size * size
+        self.jitter = jitter
+        # Per camera: c2w rotation (A, 3, 3), position (A, 3) and focal length in pixels (A,); a ray's direction is
+        # camera_rays' formula at the pixel's centre, or at a random point of the pixel with jitter.
+        c2w = torch.tensor([c.c2w for c in cameras], dtype=torch.float32, device=device)
+        self.rotations, self.positions = c2w[:, :3, :3], c2w[:, :3, 3].contiguous()
+        self.focals = torch.tensor([focal_length_px(c.fov_y_deg, size) for c in cameras], device=device)
         # (A, F, C, H, W) → (F, A, H, W, C) → (F·A·H·W, C): index = (frame·A + camera)·H·W + pixel
         self.rgb = videos.permute(1, 0, 3, 4, 2).reshape(-1, 3).to(device)
         self.mask = masks.permute(1, 0, 3, 4, 2).reshape(-1).to(device)
@@ -67,12 +77,24 @@ class ReconstructionRays:
 
     def sample(self, count: int, generator: torch.Generator) -> ReconstructionBatch:
         """`count` rays drawn uniformly (with replacement) over all pixels of all videos, from `generator` (CPU)."""
-        index = torch.randint(len(self), (count,), generator=generator).to(self.rgb.device)
+        index = torch.randint(len(self), (count,), generator=generator)
+        offsets = torch.rand(count, 2, generator=generator) if self.jitter else torch.full((count, 2), 0.5)
+        index, offsets = index.to(self.rgb.device), offsets.to(self.rgb.device)
         per_frame = self.num_cameras * self.pixels
-        ray = index % per_frame  # camera·H·W + pixel
+        camera = (index % per_frame) // self.pixels
+        pixel = index % self.pixels
         frame = index // per_frame
+        # camera_rays' directions, ((i + u − W/2)/f, −(j + v − H/2)/f, −1) rotated by the c2w and normalised; u = v = ½
+        # is the pixel's centre.
+        row, col = (pixel // self.size).float(), (pixel % self.size).float()
+        half, focal = self.size / 2, self.focals[camera]
+        local = torch.stack(
+            [(col + offsets[:, 0] - half) / focal, -(row + offsets[:, 1] - half) / focal, -torch.ones_like(col)], -1
+        )
+        directions = torch.einsum("nij,nj->ni", self.rotations[camera], local)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
         return ReconstructionBatch(
-            rays=Rays(self.origins[ray], self.directions[ray]),
+            rays=Rays(self.positions[camera], directions),
             times=self.times[frame],
             rgb=self.rgb[index],
             mask=self.mask[index],
@@ -108,4 +130,4 @@ def build_reconstruction(
         raise ValueError("loss_weights.reconstruction_mask > 0 needs the anchor videos' masks")
     videos = anchor.videos()
     masks = anchor.masks if anchor.masks is not None else torch.ones_like(videos[:, :, :1])
-    return ReconstructionRays(videos, masks, anchor.cameras, times, device)
+    return ReconstructionRays(videos, masks, anchor.cameras, times, device, jitter=config.reconstruction.jitter)

@@ -21,7 +21,7 @@ from stages.common.cameras import OrbitCamera
 from stages.common.lpips import LPIPSVGG
 from stages.distill.anchor import AnchorTarget
 from stages.distill.backprop import build_backprop
-from stages.distill.builders import build_field, build_occupancy, build_optimizer, field_kwargs
+from stages.distill.builders import build_field, build_occupancy, build_optimizer, field_kwargs, set_learning_rates
 from stages.distill.cameras import Rays, SDSViews, camera_rays, sample_sds_views
 from stages.distill.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from stages.distill.config import DistillConfig
@@ -289,6 +289,7 @@ class Trainer:
         with self._phase("backward_step"):
             stepped |= self.backprop.finish(total)
             if stepped:
+                set_learning_rates(self.optimizer, cfg.optimizer, step, cfg.num_steps)
                 self.optimizer.step()
         self.step += 1
         metrics["loss/total"] = total.detach()

@@ -47,6 +47,29 @@ def test_each_ray_carries_its_own_pixel_camera_time_and_mask():
     assert torch.equal(batch.mask, frame.float() / num_frames)
 
 
+def test_jittered_rays_pass_through_random_points_of_their_own_pixel():
+    num_frames, size = 2, 4
+    videos, masks = coded_videos(num_frames, size)
+    rays = ReconstructionRays(videos, masks, CAMERAS, torch.tensor([0.0, 1.0]), CPU, jitter=True)
+    batch = rays.sample(2000, torch.Generator().manual_seed(1))
+    cam, _, pixel = batch.rgb.long().unbind(-1)
+    inside = []
+    for k in range(len(cam)):
+        camera = CAMERAS[cam[k]]
+        c2w = torch.tensor(camera.c2w, dtype=torch.float32)
+        assert torch.allclose(batch.rays.origins[k], c2w[:3, 3])
+        local = c2w[:3, :3].T @ batch.rays.directions[k]  # back into camera axes (OpenGL: looking down −z)
+        focal = size / 2 / np.tan(np.radians(camera.fov_y_deg) / 2)
+        x = float(local[0] / -local[2]) * focal + size / 2  # continuous pixel coordinates of the ray
+        y = -float(local[1] / -local[2]) * focal + size / 2
+        row, col = divmod(int(pixel[k]), size)
+        inside.append((x - col, y - row))
+    offsets = torch.tensor(inside)
+    assert offsets.min() > -1e-4 and offsets.max() < 1 + 1e-4  # every ray stays within its own pixel
+    assert offsets.min() < 0.02 and offsets.max() > 0.98  # and reaches across all of it, not just the centre
+    assert offsets.std(0).sub(1 / 12**0.5).abs().max() < 0.02  # uniformly: the std of U(0, 1)
+
+
 def test_rays_refuse_videos_that_do_not_match_their_cameras():
     videos, masks = coded_videos(2, 4)
     with pytest.raises(ValueError, match="cameras"):

@@ -70,6 +70,28 @@ def test_resume_gives_bit_identical_parameters(parts, tmp_path):
     assert not list(Path(tmp_path).glob(".*tmp")) and (tmp_path / CHECKPOINT_FILE).is_file()
 
 
+def test_learning_rates_decay_to_their_final_fraction_and_resume_where_they_were(parts, tmp_path):
+    optimizer = TINY.optimizer.model_copy(update={"final_lr_factor": 0.25})
+    config = TINY.model_copy(update={"num_steps": 4, "checkpoint_every_steps": 1, "optimizer": optimizer})
+    straight = make_trainer(config, parts)
+    rates = []
+    for _ in range(4):
+        straight.fit(straight.step + 1)
+        rates.append([g["lr"] for g in straight.optimizer.param_groups])
+    for step, (grid, mlp) in enumerate(rates):  # the rates the step at `step` took
+        assert grid == pytest.approx(optimizer.grid_lr * 0.25 ** (step / 4))
+        assert mlp == pytest.approx(optimizer.mlp_lr * 0.25 ** (step / 4))
+    first = make_trainer(config, parts)
+    first.fit(2, checkpoint_dir=tmp_path)
+    resumed = make_trainer(config, parts)
+    resumed.fit(4, checkpoint_dir=tmp_path)
+    for (name, a), b in zip(straight.field.state_dict().items(), resumed.field.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    paper = make_trainer(TINY.model_copy(update={"num_steps": 4}), parts)  # final_lr_factor 1: constant rates
+    paper.fit(3)
+    assert [g["lr"] for g in paper.optimizer.param_groups] == [TINY.optimizer.grid_lr, TINY.optimizer.mlp_lr]
+
+
 def test_a_checkpoint_of_another_config_or_inputs_is_replaced_by_a_fresh_run(parts, tmp_path, caplog):
     make_trainer(TINY, parts).fit(1, checkpoint_dir=tmp_path, inputs_sha256="a")
     other = TINY.model_copy(update={"seed": 1})
