@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from stages.common.config import StageConfig
 
@@ -34,6 +34,11 @@ class MvgenConfig(StageConfig):
     result held fixed after the first pass (paper §3.3, Fig. 5; not in the official release)."""
     elevation_deg: float = 0.0
     """Elevation of the 4 generated views, degrees (the official demo hard-codes 0)."""
+    azimuth_offsets_deg: tuple[float, ...] = Field((0.0,), min_length=1)
+    """Ours ((0,) = the paper): one 4DM sampling per offset, each of 4 orthogonal views starting at that azimuth
+    from the input view, written one set after the other (views 0–3: offset 0's front, left, back, right; 4–7:
+    the next offset's...). (0, 45) adds the 4 diagonal views, which the distill stage's reconstruction term then
+    fits too (stages/distill/README.md). Offsets must differ modulo 90°, or two views would share a camera."""
     camera_radius: float = Field(1.1, gt=0.0)
     """Radius recorded in cameras.json: the distance at which the distill stage renders these views (spec §4.3)."""
     camera_fov_y_deg: float = Field(45.0, gt=0.0, lt=180.0)
@@ -51,3 +56,11 @@ class MvgenConfig(StageConfig):
     """Alpha from the white background: pixels closer than this to white (max channel distance) are empty."""
     alpha_high: float = Field(0.12, gt=0.0, le=1.0)
     """...and pixels farther than this are opaque, with a linear ramp in between."""
+
+    @field_validator("azimuth_offsets_deg")
+    @classmethod
+    def _distinct_cameras(cls, offsets: tuple[float, ...]) -> tuple[float, ...]:
+        residues = [round(o % 90.0, 6) % 90.0 for o in offsets]
+        if len(set(residues)) != len(residues):
+            raise ValueError(f"azimuth offsets {list(offsets)} repeat a camera (they must differ modulo 90°)")
+        return offsets

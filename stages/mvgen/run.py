@@ -21,12 +21,19 @@ from stages.mvgen.alpha import alpha_from_white
 from stages.mvgen.config import MvgenConfig
 from stages.mvgen.pipeline_fourdm import load_fourdm
 
-__all__ = ["run", "AZIMUTHS_DEG"]
+__all__ = ["run", "AZIMUTHS_DEG", "view_azimuths_deg"]
 
 log = logging.getLogger(__name__)
 
 AZIMUTHS_DEG = (0.0, 90.0, 180.0, 270.0)
 """4DM's views in our convention: front (the input view), left, back, right (spec §1.3)."""
+
+
+def view_azimuths_deg(config: MvgenConfig) -> list[float]:
+    """Every written view's azimuth, in view order: AZIMUTHS_DEG turned by each of `azimuth_offsets_deg` in turn."""
+    return [(offset + a) % 360.0 for offset in config.azimuth_offsets_deg for a in AZIMUTHS_DEG]
+
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -64,34 +71,42 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
             "positions (the paper uses 8)"
         )
     prompt = source.prompt or config.fallback_prompt
+    azimuths = view_azimuths_deg(config)
 
     with stage_run("mvgen", config, subject=source.subject) as tracker:
-        # 2. Sample all views × frames jointly.
+        # 2. Sample each set's 4 views × frames jointly; every set from the same seed (the paper's one set is the
+        # first).
         log.info(
-            "4DM: %d frames × %d views, %d steps, CFG %.1f, %s on %s",
+            "4DM: %d frames × %d views (azimuth offsets %s), %d steps, CFG %.1f, %s on %s",
             source.num_frames,
-            len(AZIMUTHS_DEG),
+            len(azimuths),
+            ", ".join(f"{o:g}°" for o in config.azimuth_offsets_deg),
             config.num_inference_steps,
             config.guidance_scale,
             config.dtype,
             device,
         )
-        out = pipe(
-            frames,
-            prompt,
-            negative_prompt=config.negative_prompt,
-            azimuths_deg=AZIMUTHS_DEG,
-            elevation_deg=config.elevation_deg,
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-            window_frames=config.window_frames,
-            generator=make_generator(config.seed, device),
-            progress=lambda it: progress(it, desc="4DM sampling"),
-        )
+        images = []
+        for k, offset in enumerate(config.azimuth_offsets_deg):
+            sets = f" {k + 1}/{len(config.azimuth_offsets_deg)}" if len(config.azimuth_offsets_deg) > 1 else ""
+            out = pipe(
+                frames,
+                prompt,
+                negative_prompt=config.negative_prompt,
+                azimuths_deg=[offset + a for a in AZIMUTHS_DEG],
+                elevation_deg=config.elevation_deg,
+                num_inference_steps=config.num_inference_steps,
+                guidance_scale=config.guidance_scale,
+                window_frames=config.window_frames,
+                generator=make_generator(config.seed, device),
+                progress=lambda it, sets=sets: progress(it, desc=f"4DM sampling{sets}"),
+            )
+            images.append(out.images)
+        images = np.concatenate(images)  # (V, F, H, W, 3), the sets one after the other
 
         # 3. Write config, views, cameras and previews; manifest last.
         views = ViewSet(
-            num_views=len(AZIMUTHS_DEG),
+            num_views=len(azimuths),
             num_frames=source.num_frames,
             size_px=frames.shape[1],
             frame_template=VIEW_FRAME_TEMPLATE,
@@ -100,16 +115,16 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
         )
         cameras = [
             OrbitCamera.from_angles(v, a, config.elevation_deg, config.camera_radius, config.camera_fov_y_deg)
-            for v, a in enumerate(AZIMUTHS_DEG)
+            for v, a in enumerate(azimuths)
         ]
         with staged_output_dir(output_dir) as tmp:
             dump_config(config, tmp / CONFIG_FILE)
             rgba = [
                 [
-                    alpha_from_white(out.images[v, f], config.alpha_low, config.alpha_high)
+                    alpha_from_white(images[v, f], config.alpha_low, config.alpha_high)
                     for f in range(source.num_frames)
                 ]
-                for v in range(len(AZIMUTHS_DEG))
+                for v in range(len(azimuths))
             ]
             for v, row in enumerate(rgba):
                 for f, image in enumerate(row):
@@ -136,5 +151,5 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
         tracker.log_manifest(output_dir)
         tracker.log_artifact(output_dir / "grid.png")
         tracker.log_artifact(output_dir / "preview.mp4")
-        log.info("wrote %d views × %d frames to %s", len(AZIMUTHS_DEG), source.num_frames, output_dir)
+        log.info("wrote %d views × %d frames to %s", len(azimuths), source.num_frames, output_dir)
         return manifest

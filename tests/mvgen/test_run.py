@@ -78,3 +78,31 @@ def test_cli_missing_weights_or_input_is_one_line(bad, subject, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: ") and "absent" in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_each_azimuth_offset_adds_a_set_of_four_views_sampled_as_its_own_run(subject, tmp_path):
+    both = TINY.model_copy(update={"azimuth_offsets_deg": (0.0, 45.0)})
+    m = run(both, input_dir=subject["pre"], weights_dir=subject["weights"], output_dir=tmp_path / "both")
+    assert m.views.num_views == 8
+    cams = load_cameras(tmp_path / "both" / m.views.cameras_file)
+    assert [c.azimuth_deg for c in cams] == [0.0, 90.0, 180.0, 270.0, 45.0, 135.0, 225.0, 315.0]
+    assert [c.view for c in cams] == list(range(8))
+    for c in cams:
+        np.testing.assert_allclose(c.c2w_array(), orbit_c2w(c.azimuth_deg, 0.0, 1.1))
+    # Set k is exactly what a run with that one offset writes: the paper's views first, then the turned set.
+    for offset, first in ((0.0, 0), (45.0, 4)):
+        single = TINY.model_copy(update={"azimuth_offsets_deg": (offset,)})
+        s = run(single, input_dir=subject["pre"], weights_dir=subject["weights"], output_dir=tmp_path / f"o{offset:g}")
+        for v in range(4):
+            for f in range(m.views.num_frames):
+                np.testing.assert_array_equal(
+                    read_rgba(m.views.frame_path(tmp_path / "both", first + v, f)),
+                    read_rgba(s.views.frame_path(tmp_path / f"o{offset:g}", v, f)),
+                )
+    assert read_rgba(tmp_path / "both" / "grid.png").shape[0] == 8 * IMAGE_PX
+
+
+@pytest.mark.parametrize("offsets", [(0.0, 90.0), (45.0, -45.0), ()])
+def test_azimuth_offsets_that_repeat_a_camera_or_are_empty_are_refused(offsets):
+    with pytest.raises(ValueError, match="azimuth_offsets_deg|repeat a camera"):
+        MvgenConfig.model_validate({**TINY.model_dump(), "azimuth_offsets_deg": offsets})
