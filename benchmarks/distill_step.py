@@ -7,27 +7,35 @@ Full-size architectures with random weights (time and memory do not depend on th
 config (3D + 4D hash grids, 16 levels, 2^19), full-size 4DM (UNet 1.39 B, SD VAE, SD-2.1 text and ViT-H/14 image
 encoders, as benchmarks/mvgen_sampling.py builds it), full-width LPIPS-VGG; 4 views × 8 frames.
 
-Two phases of the schedule:
-- `start_64px`: step 0 onwards, 64² SDS renders, the blob-initialised field (a fuzzy ball: 80% of the rays cross
-  it; ~50 kept samples per ray over the image, measured on CPU), the occupancy grid in its warm-up.
-- `late_256px`: after the last resolution milestone (256², opaque loss on). A trained field is a surface: rays stop
-  a few samples after entering it, and a large part of the image is background. `--late-field sphere` (default)
-  stands in for it with an opaque sphere: the field's blob density bias becomes 200·(1 − ‖x‖/0.35) (radius 0.35:
-  the subject covers about half of the 256² views at radius 1.1, fov 45°; a ray that hits keeps ~17 samples, 8 per
-  ray over the image, measured on CPU), the hash grids and MLPs keep their random values (the per-sample cost is the
-  same), and the occupancy grid is rebuilt for it (`--late-density`, `--late-radius` change the sphere).
-  `--late-field blob` keeps the start field (the pessimistic fuzzy ball). The JSON says which, with the measured
-  samples per ray and coverage.
+Phases of the config's schedule: the steps split wherever the work of a step changes (a resolution milestone, SDS
+switching on at `guidance.start_step`, a loss term switching on or off, e.g. the opacity loss at 10001); a phase
+shorter than `--min-phase-steps` joins the next one. Each phase is timed at its first step (for a joined one, the
+first step of the phase it joined). The paper's recipe gives 64² [0, 5000), 192² [5000, 10000), 256² with the
+opacity loss [10000, 35000); the fast recipe (`configs/demo-gpu/distill.yaml`: reconstruction term, no resolution
+milestones) gives one phase per SDS state. The JSON's `total_s` per variant is Σ phase steps × s/step over the
+config's `num_steps` (steps only: no loading, occupancy warm-up outliers, checkpoints or export).
+- The first phase runs on the blob-initialised field (a fuzzy ball: 80% of the rays cross it; ~50 kept samples per
+  ray over the image, measured on CPU), the occupancy grid in its warm-up.
+- Later phases run on a stand-in for a trained field, which is a surface: rays stop a few samples after entering
+  it, and a large part of the image is background. `--late-field sphere` (default) stands in for it with an opaque
+  sphere: the field's blob density bias becomes 200·(1 − ‖x‖/0.35) (radius 0.35: the subject covers about half of
+  the 256² views at radius 1.1, fov 45°; a ray that hits keeps ~17 samples, 8 per ray over the image, measured on
+  CPU), the hash grids and MLPs keep their random values (the per-sample cost is the same), and the occupancy grid
+  is rebuilt for it (`--late-density`, `--late-radius` change the sphere). `--late-field blob` keeps the start
+  field (the pessimistic fuzzy ball). The JSON says which, with the measured samples per ray and coverage.
+As the stage does, 4DM is built only when `loss_weights.sds` > 0 and LPIPS only when `anchor_lpips` > 0; the anchor
+videos are random frames at the views `cameras.anchor_view` + `extra_anchor_views` (mvgen's azimuths 90°·v) with
+random masks, so the reconstruction term has its rays.
 
 Per phase: seconds per step (the median of `--steps` steps timed one by one after `--warmup` steps; the mean and
 every step's time are in the JSON too: a step that compiles a Triton kernel for a new sample-count specialisation
 takes seconds once, which the median leaves out and a 35000-step run amortises), peak GPU memory of those steps
 (allocated and reserved), samples per SDS ray (kept, candidates in occupied cells, evaluated by the pruning pass),
-the floor = UNet forward at the SDS batch (2 CFG branches × F × (V+1) slots, guidance dtype, no_grad) + VAE encoder
-forward and backward of the F·V renders at the VAE's resolution + the SDS render's forward and backward alone (same
-path, random pixel gradients); the ratio step/floor; a per-part profile of one extra step (synchronised: its parts
-add up to a little more than a step). Targets (issue #10): ≤ 0.35 s/step and ≤ 1.25× the floor at 256², peak ≤ 24
-GB. Out-of-memory is caught per measurement and reported instead of a number.
+in phases with SDS, the floor = UNet forward at the SDS batch (2 CFG branches × F × (V+1) slots, guidance dtype,
+no_grad) + VAE encoder forward and backward of the F·V renders at the VAE's resolution + the SDS render's forward and
+backward alone (same path, random pixel gradients), and the ratio step/floor; a per-part profile of one extra step
+(synchronised: its parts add up to a little more than a step). Targets (issue #10): ≤ 0.35 s/step and ≤ 1.25× the
+floor at 256², peak ≤ 24 GB. Out-of-memory is caught per measurement and reported instead of a number.
 
 `--smoke` runs the same code with tiny models on the CPU (tests; its numbers mean nothing).
 """
@@ -62,6 +70,7 @@ from stages.distill.trainer import AnchorTarget, Trainer, build_field  # noqa: E
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TARGETS = {"s_per_step_256px": 0.35, "ratio_to_floor_256px": 1.25, "peak_reserved_gb": 24.0}
 NUM_FRAMES = 8
+FULL_IMAGE_PX = 256  # 4DM's resolution, the anchor videos' size
 
 
 def full_size_pipeline(dtype: torch.dtype):
@@ -71,15 +80,44 @@ def full_size_pipeline(dtype: torch.dtype):
     return build_full_size_pipeline(dtype)
 
 
-def tiny_parts(dtype: torch.dtype):
-    """Tiny 4DM and LPIPS of the tests (CPU smoke run)."""
-    from tests.distill.tiny import TINY_VGG_WIDTHS  # noqa: PLC0415
+def tiny_pipe(dtype: torch.dtype):
+    """The tests' tiny 4DM (CPU smoke run)."""
     from tests.mvgen.tiny import tiny_pipeline  # noqa: PLC0415
 
     pipe = tiny_pipeline(Path(tempfile.mkdtemp(prefix="distill_step_")))
-    pipe.to(dtype=dtype)
-    lpips = LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips", widths=TINY_VGG_WIDTHS)
-    return pipe, lpips
+    return pipe.to(dtype=dtype)
+
+
+def tiny_image_px() -> int:
+    from tests.mvgen.tiny import IMAGE_PX  # noqa: PLC0415
+
+    return IMAGE_PX
+
+
+def tiny_lpips() -> LPIPSVGG:
+    """The tests' narrow LPIPS-VGG (CPU smoke run)."""
+    from tests.distill.tiny import TINY_VGG_WIDTHS  # noqa: PLC0415
+
+    return LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips", widths=TINY_VGG_WIDTHS)
+
+
+def random_anchor(cfg: DistillConfig, frames: np.ndarray) -> AnchorTarget:
+    """Anchor videos as the stage builds them from an mvgen artifact: the anchor view and the extra ones (random
+    frames at mvgen's azimuths 90°·v, elevation 0) with random foreground masks."""
+    cams = cfg.cameras
+    views = [cams.anchor_view, *cams.extra_anchor_views]
+    g = torch.Generator().manual_seed(4)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255  # (F, 3, H, W)
+    videos = torch.stack([video] + [torch.rand(video.shape, generator=g) for _ in views[1:]])  # (A, F, 3, H, W)
+    masks = (torch.rand((len(views), *video.shape[:1], 1, *video.shape[2:]), generator=g) > 0.5).float()
+    cameras = [OrbitCamera.from_angles(v, 90.0 * v, 0.0, cams.radius, cams.fov_y_deg) for v in views]
+    return AnchorTarget(
+        frames=videos[0],
+        camera=cameras[0],
+        extra_frames=videos[1:] if len(views) > 1 else None,
+        extra_cameras=cameras[1:],
+        masks=masks,
+    )
 
 
 def environment(device: torch.device) -> dict:
@@ -241,11 +279,55 @@ def make_late_field(trainer: Trainer, kind: str, density: float, radius: float) 
     return {"kind": kind, "description": described, "blob_density": density, "blob_radius": radius}
 
 
-def run_phase(trainer: Trainer, label: str, step: int, args, clock: Clock) -> dict:
-    """Warm-up steps, timed steps, one profiled step, and the render floor at this phase's resolution."""
-    cfg = trainer.config
+def step_kind(cfg: DistillConfig, step: int) -> dict:
+    """What a step computes, as far as its cost goes: the SDS render size and which terms are on."""
+    w = cfg.loss_weights
+    sds_on = w.sds > 0 and step >= cfg.guidance.start_step
+    recon = cfg.reconstruction.rays_per_step > 0 and (
+        w.reconstruction_rgb(step) > 0 or w.reconstruction_mask(step) > 0
+    )
+    return {
+        "sds_px": cfg.sds_resolution(step),
+        "sds_on": sds_on,
+        "opaque_on": w.opaque(step) > 0,
+        "sparsity_on": w.sparsity(step) > 0,
+        "orient_on": w.orient(step) > 0,
+        "reconstruction_on": recon,
+    }
+
+
+def schedule_phases(cfg: DistillConfig, min_steps: int) -> list[dict]:
+    """The config's phases (module docstring): `[{"steps": [first, end), "timed_at": step, **step_kind}]`."""
+    schedules = [
+        v for v in (*cfg.guidance.__dict__.values(), *cfg.loss_weights.__dict__.values()) if hasattr(v, "end_step")
+    ]
+    candidates = {*cfg.sds_resolution.milestones, cfg.guidance.start_step}
+    for sched in schedules:
+        candidates |= {sched.start_step, sched.start_step + 1, sched.end_step, sched.end_step + 1}
+    phases = [{"steps": [0, cfg.num_steps], "timed_at": 0, **step_kind(cfg, 0)}]
+    for step in sorted(c for c in candidates if 0 < c < cfg.num_steps):
+        kind = step_kind(cfg, step)
+        if kind != {k: phases[-1][k] for k in kind}:
+            phases[-1]["steps"][1] = step
+            phases.append({"steps": [step, cfg.num_steps], "timed_at": step, **kind})
+    merged: list[dict] = []
+    for phase in phases:  # a short phase joins the next one (the last joins the one before)
+        if merged and merged[-1]["steps"][1] - merged[-1]["steps"][0] < min_steps:
+            phase = {**phase, "steps": [merged.pop()["steps"][0], phase["steps"][1]]}
+        merged.append(phase)
+    if len(merged) > 1 and merged[-1]["steps"][1] - merged[-1]["steps"][0] < min_steps:
+        last = merged.pop()
+        merged[-1]["steps"][1] = last["steps"][1]
+    for phase in merged:
+        phase["num_steps"] = phase["steps"][1] - phase["steps"][0]
+    return merged
+
+
+def run_phase(trainer: Trainer, phase: dict, args, clock: Clock) -> dict:
+    """Warm-up steps, timed steps, one profiled step, and (with SDS) the render floor at this phase's resolution."""
+    cfg, step = trainer.config, phase["timed_at"]
     size = cfg.sds_resolution(step)
-    result: dict = {"sds_px": size, "first_step": step}
+    result: dict = {**phase}
 
     def steps() -> dict:
         trainer.step = step
@@ -259,17 +341,18 @@ def run_phase(trainer: Trainer, label: str, step: int, args, clock: Clock) -> di
             metrics = trainer.step_tensors()
             clock.sync()
             times.append(time.perf_counter() - start)
-        sds = trainer.render_stats["sds"]
+        sds = trainer.render_stats.get("sds", {"candidates": 0, "evaluated": 0, "rays": 0})
         return {
             "s_per_step": float(np.median(times)),
             "s_per_step_mean": float(np.mean(times)),
             "step_times_s": times,
             **clock.peak(),
             "samples_per_ray": float(metrics["samples_per_ray"]),
-            "candidates_per_ray": sds["candidates"] / sds["rays"],
-            "evaluated_per_ray": sds["evaluated"] / sds["rays"],
+            "candidates_per_ray": sds["candidates"] / max(1, sds["rays"]),
+            "evaluated_per_ray": sds["evaluated"] / max(1, sds["rays"]),
             "orient_samples": trainer.render_stats.get("orient", {}).get("samples", 0),
             "anchor_samples": trainer.render_stats.get("anchor", {}).get("samples", 0),
+            "reconstruction_samples": trainer.render_stats.get("reconstruction", {}).get("samples", 0),
         }
 
     def profiled_step() -> dict:
@@ -286,7 +369,8 @@ def run_phase(trainer: Trainer, label: str, step: int, args, clock: Clock) -> di
     result.update(guarded(steps))
     if "out_of_memory" not in result:
         result.update(guarded(profiled_step))
-    result["render_floor"] = guarded(lambda: render_floor(trainer, size, clock, args.floor_repeats))
+    if phase["sds_on"]:
+        result["render_floor"] = guarded(lambda: render_floor(trainer, size, clock, args.floor_repeats))
     return result
 
 
@@ -338,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--late-field", choices=["sphere", "blob"], default="sphere")
     parser.add_argument("--late-density", type=float, default=200.0, help="sphere: blob density bias λ (sharpness)")
     parser.add_argument("--late-radius", type=float, default=0.35, help="sphere: radius, world units")
+    parser.add_argument("--min-phase-steps", type=int, default=50, help="a shorter phase joins the next one")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per phase")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per phase first")
     parser.add_argument("--floor-repeats", type=int, default=5, help="timed repeats of each floor part")
@@ -367,32 +452,41 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": TARGETS,
     }
 
-    # 1. 4DM, LPIPS, conditioning on random frames; the floor's UNet and VAE parts (phase-independent).
+    # 1. 4DM (with SDS), LPIPS (with its anchor term), conditioning on random frames; the floor's UNet and VAE parts
+    # (phase-independent).
     build = time.perf_counter()
-    if args.smoke:
-        pipe, lpips = tiny_parts(DTYPES[dtype_name])
-    else:
-        pipe = full_size_pipeline(DTYPES[dtype_name])
-        lpips = LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips")
-    pipe.to(device)
-    lpips = lpips.to(device)
-    guidance = FourDMGuidance(pipe, guidance_scale=base.guidance.guidance_scale, std_rescale=base.guidance.std_rescale)
-    size = guidance.image_size
+    w = base.loss_weights
+    guidance = conditioning = lpips = None
+    size = tiny_image_px() if args.smoke else FULL_IMAGE_PX
     frames = (np.random.default_rng(0).random((NUM_FRAMES, size, size, 3)) * 255).astype(np.uint8)
-    conditioning = guidance.prepare(frames, "a fox", base.guidance.negative_prompt, torch.Generator().manual_seed(0))
-    anchor = AnchorTarget(
-        torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255,
-        OrbitCamera.from_angles(0, 0.0, 0.0, base.cameras.radius, base.cameras.fov_y_deg),
-    )
+    if w.sds > 0:
+        pipe = tiny_pipe(DTYPES[dtype_name]) if args.smoke else full_size_pipeline(DTYPES[dtype_name])
+        pipe.to(device)
+        guidance = FourDMGuidance(
+            pipe, guidance_scale=base.guidance.guidance_scale, std_rescale=base.guidance.std_rescale
+        )
+        if guidance.image_size != size:
+            raise SystemExit(f"4DM works at {guidance.image_size} px, the anchor frames are {size} px")
+        conditioning = guidance.prepare(
+            frames, "a fox", base.guidance.negative_prompt, torch.Generator().manual_seed(0)
+        )
+    if w.anchor_lpips > 0:
+        lpips = tiny_lpips() if args.smoke else LPIPSVGG(input_range="zero_to_one_unscaled", channel_norm="lpips")
+        lpips = lpips.to(device)
+    anchor = random_anchor(base, frames)
     result["build_s"] = time.perf_counter() - build
     renders = base.cameras.num_views * NUM_FRAMES
-    result["floor_unet"] = guarded(
-        lambda: unet_floor(guidance, conditioning, base.cameras.num_views, clock, args.floor_repeats)
-    )
-    result["floor_vae"] = guarded(lambda: vae_floor(guidance, renders, clock, args.floor_repeats))
+    if guidance is not None:
+        result["floor_unet"] = guarded(
+            lambda: unet_floor(guidance, conditioning, base.cameras.num_views, clock, args.floor_repeats)
+        )
+        result["floor_vae"] = guarded(lambda: vae_floor(guidance, renders, clock, args.floor_repeats))
 
-    # 2. Each variant: a fresh field, the start phase, then the late phase.
-    late_step = max(base.sds_resolution.milestones) + 1
+    # 2. Each variant: a fresh field, then each phase of the schedule (the first on the start field, the others on
+    # the late-field stand-in).
+    phases = schedule_phases(base, args.min_phase_steps)
+    result["num_steps"] = base.num_steps
+    result["phases"] = phases
     result["variants"] = []
     for grad_chunk, vae_chunk in itertools.product(grad_chunks, vae_chunks):
         cfg = variant_config(base, args, grad_chunk, vae_chunk)
@@ -405,12 +499,21 @@ def main(argv: list[str] | None = None) -> dict:
             "early_stop_block": cfg.runtime.early_stop_block,
             "offload_encoders": cfg.runtime.offload_encoders,
             "field_parameters": sum(p.numel() for p in field.parameters()),
+            "phases": [],
         }
-        variant["start_64px"] = run_phase(trainer, "start_64px", 0, args, clock)
-        variant["late_field"] = make_late_field(trainer, args.late_field, args.late_density, args.late_radius)
-        variant["late_256px"] = run_phase(trainer, "late_256px", late_step, args, clock)
-        for label in ("start_64px", "late_256px"):
-            add_floor(variant[label], result)
+        for index, phase in enumerate(phases):
+            if index == 1:
+                variant["late_field"] = make_late_field(trainer, args.late_field, args.late_density, args.late_radius)
+            measured = run_phase(trainer, phase, args, clock)
+            if phase["sds_on"]:
+                add_floor(measured, result)
+            variant["phases"].append(measured)
+        times = [p.get("s_per_step") for p in variant["phases"]]
+        variant["total_s"] = (
+            sum(p["num_steps"] * t for p, t in zip(variant["phases"], times, strict=True))
+            if None not in times
+            else None
+        )
         result["variants"].append(variant)
         del trainer, field
         if device.type == "cuda":
@@ -439,29 +542,31 @@ def print_table(result: dict) -> None:
         return "-" if value is None else format(value, spec)
 
     print(f"{result['gpu']} | torch {result['torch']} | CUDA {result['cuda']} | backend {result['hash_backend']}")
-    print(f"guidance {result['guidance_dtype']} | UNet fwd {fmt(result['floor_unet'].get('unet_forward_s'))} s")
-    print(f"VAE encoder fwd+bwd {fmt(result['floor_vae'].get('vae_encoder_fwd_bwd_s'))} s")
+    if "floor_unet" in result:
+        print(f"guidance {result['guidance_dtype']} | UNet fwd {fmt(result['floor_unet'].get('unet_forward_s'))} s")
+        print(f"VAE encoder fwd+bwd {fmt(result['floor_vae'].get('vae_encoder_fwd_bwd_s'))} s")
     head = (
-        f"{'grad_chunk':>10} {'vae_chunk':>9} {'phase':<11} {'s/step':>7} {'floor':>7} {'render':>7} {'ratio':>6} "
-        f"{'peak GiB':>8} {'resv GB':>8} {'smp/ray':>7} {'eval/ray':>8} {'cover':>6}"
+        f"{'grad_chunk':>10} {'vae_chunk':>9} {'phase (steps, px, terms)':<34} {'s/step':>7} {'floor':>7} "
+        f"{'render':>7} {'ratio':>6} {'peak GiB':>8} {'resv GB':>8} {'smp/ray':>7} {'eval/ray':>8} {'cover':>6}"
     )
     print(head)
     for v in result["variants"]:
-        for label in ("start_64px", "late_256px"):
-            p = v[label]
-            rf = p["render_floor"]
+        for p in v["phases"]:
+            rf = p.get("render_floor", {})
             step_s = "OOM" if "out_of_memory" in p else fmt(p.get("s_per_step"))
             render_s = "OOM" if "out_of_memory" in rf else fmt(rf.get("render_fwd_bwd_s"))
-            ratio = fmt(p.get("ratio_to_floor"), ".2f")
+            terms = "+".join(k.removesuffix("_on") for k in ("sds_on", "opaque_on", "reconstruction_on") if p[k])
+            label = f"{p['steps'][0]}-{p['steps'][1]} {p['sds_px']}² {terms or '-'}"
             print(
-                f"{v['grad_chunk_samples']:>10} {v['vae_chunk']:>9} {label:<11} {step_s:>7} "
-                f"{fmt(p.get('floor_s')):>7} {render_s:>7} {ratio:>6} "
+                f"{v['grad_chunk_samples']:>10} {v['vae_chunk']:>9} {label:<34} {step_s:>7} "
+                f"{fmt(p.get('floor_s')):>7} {render_s:>7} {fmt(p.get('ratio_to_floor'), '.2f'):>6} "
                 f"{fmt(p.get('peak_allocated_gib'), '.1f'):>8} {fmt(p.get('peak_reserved_gb'), '.1f'):>8} "
                 f"{fmt(p.get('samples_per_ray'), '.1f'):>7} {fmt(p.get('evaluated_per_ray'), '.1f'):>8} "
                 f"{fmt(rf.get('coverage_opacity_gt_0.5'), '.2f'):>6}"
             )
             if "profile_s" in p:
                 print("    profile: " + ", ".join(f"{k} {s:.3f}" for k, s in p["profile_s"].items()))
+        print(f"    {result['num_steps']} steps: Σ phase steps × s/step = {fmt(v['total_s'], '.1f')} s")
     print(
         f"targets at 256²: ≤ {TARGETS['s_per_step_256px']} s/step, ≤ {TARGETS['ratio_to_floor_256px']}× floor, "
         f"peak reserved ≤ {TARGETS['peak_reserved_gb']} GB"
