@@ -68,6 +68,7 @@ CONFIG_SETS: dict[str, ConfigSet] = {
         weights=_DEMO_WEIGHTS,
         unused_deps=("weights/eval/lpips",),
     ),
+    "fast": ConfigSet("the fast recipe with the official weights: 8 mvgen views, reconstruction then SDS (minutes)"),
 }
 """Every config set besides `default`; each has a folder `configs/<set>/` and a pipeline `pipelines/<set>/dvc.yaml`."""
 
