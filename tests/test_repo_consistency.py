@@ -216,7 +216,9 @@ def _unread_lpips(argv: list[str], flag: str) -> bool:
     return load_config(DistillConfig, REPO / argv[argv.index("--config") + 1]).loss_weights.anchor_lpips == 0
 
 
-@pytest.mark.parametrize("dvc_file", ["dvc.yaml", *(f"pipelines/{s}/dvc.yaml" for s in ("tiny", "demo", "demo-gpu", "fast"))])
+@pytest.mark.parametrize(
+    "dvc_file", ["dvc.yaml", *(f"pipelines/{s}/dvc.yaml" for s in ("tiny", "demo", "demo-gpu", "fast"))]
+)
 def test_every_input_a_stage_command_reads_is_a_dependency_of_its_dvc_stage(dvc_file):
     """A file a stage reads but DVC does not watch (eval's weights once) leaves its output stale when it changes."""
     import shlex

@@ -120,10 +120,7 @@ def run(config: MvgenConfig, *, input_dir: Path, weights_dir: Path, output_dir: 
         with staged_output_dir(output_dir) as tmp:
             dump_config(config, tmp / CONFIG_FILE)
             rgba = [
-                [
-                    alpha_from_white(images[v, f], config.alpha_low, config.alpha_high)
-                    for f in range(source.num_frames)
-                ]
+                [alpha_from_white(images[v, f], config.alpha_low, config.alpha_high) for f in range(source.num_frames)]
                 for v in range(len(azimuths))
             ]
             for v, row in enumerate(rgba):
