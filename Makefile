@@ -107,9 +107,13 @@ FLOW_ARGS ?= --subject fox
 flow: setup
 	$(BIN)/python -m flows $(FLOW_ARGS)
 
-## Start the Prefect server in the background on 127.0.0.1:4200 (PREFECT_PORT; SQLite in .prefect/)
+## Start the Prefect server in the background on 127.0.0.1:4200 (PREFECT_PORT; SQLite in .prefect/), wait for it
 prefect-server: setup
 	PREFECT_HOME=$(abspath .prefect) $(BIN)/prefect server start --background --host 127.0.0.1 --port $(PREFECT_PORT)
+	@for i in $$(seq 360); do \
+		$(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+			http://127.0.0.1:$(PREFECT_PORT)/api/health 2>/dev/null && exit 0; sleep 0.5; done; \
+		echo "prefect-server: no answer on 127.0.0.1:$(PREFECT_PORT) after 3 minutes (make prefect-stop)" >&2; exit 1
 
 ## Stop the background Prefect server
 prefect-stop: setup
@@ -141,9 +145,9 @@ prefect-run: setup
 		$(if $(PROMPT),-p 'prompt="$(PROMPT)"') \
 		|| { $(PREFECT_ENV) $(BIN)/python -m flows --why; exit 1; }
 
-## Print the environment a shell needs for the `prefect` commands of the README (eval "$$(make -s prefect-env)")
+## Print what a shell needs for the README's `prefect` commands: eval "$(make -s prefect-env)" (settings, .venv/bin)
 prefect-env:
-	@echo "export $(PREFECT_ENV)"
+	@echo "export $(PREFECT_ENV) PATH=$(abspath $(BIN)):\$$PATH"
 
 ## Build the stage images fourd/<stage>:0.1.0 (DOCKER_STAGES, DOCKER_BUILD_ARGS: docker/README.md); they record this commit
 DOCKER_STAGES ?= preprocess eval render mvgen distill

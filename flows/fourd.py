@@ -36,6 +36,9 @@ __all__ = ["fourd", "fourd_batch", "AUTO_CONFIG_SET", "StageFailed", "TransientS
 
 AUTO_CONFIG_SET = "auto"
 """`default` when its weights are installed, else `demo` (announced; see `fourd`'s `config_set`)."""
+EVAL_WEIGHTS = "weights/eval"
+"""eval's networks (weights/README.md). Outside the production configs a run goes on without them, as `make demo`
+does: the flow creates the empty folder DVC needs as eval's dependency, and eval skips the metrics they serve."""
 
 
 def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's RetryConditionCallable)
@@ -146,6 +149,9 @@ def _fourd(logger, video, subject, prompt, fps, config_set, stages, executor, im
         raise WorkspaceError(f"subject {subject!r} is not in params.yaml (have {sorted(subjects(root))})")
     requested = config_set
     config_set, plan, notice = _choose_config_set(root, subject, config_set, stages, logger)
+    if config_set != DEFAULT_CONFIG_SET and not (root / EVAL_WEIGHTS).exists():
+        logger.info("no %s: eval skips the metrics whose networks are absent (weights/README.md)", EVAL_WEIGHTS)
+        (root / EVAL_WEIGHTS).mkdir(parents=True)
     missing = _missing(root, plan)
     if missing:
         raise WorkspaceError(

@@ -1,4 +1,4 @@
-"""MLflow tracking for stage runs: one run per stage and subject, nested under the flow's parent run.
+"""MLflow tracking for stage runs: one run per stage and subject, nested under its pipeline run's parent run.
 
 `FOURD_TRACKING=off` runs a stage untracked (e.g. on a GPU box without MLflow); otherwise MLflow is required.
 Every run of the project lands in one store: `MLFLOW_TRACKING_URI`, else `sqlite:///<project>/mlflow.db`, the project
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from stages.common.artifacts import MANIFEST_FILE, git_sha
 from stages.common.config import flatten_config
 from stages.common.errors import StageError
+from stages.common.pipeline_run import attach_parent, close_parent
 
 __all__ = ["Tracker", "stage_run", "store_lock", "tracking_uri", "EXPERIMENT_ENV", "PARENT_RUN_ENV", "TRACKING_ENV"]
 
@@ -109,9 +110,10 @@ def stage_run(
     """Open the MLflow run of one stage execution.
 
     Sets experiment `fourd` (or `$FOURD_MLFLOW_EXPERIMENT`), run name `<stage>/<subject>`, tags `stage`,
-    `subject`, `git_sha` and `dvc_stage=<stage>@<subject>`, the parent run from `$FOURD_PARENT_RUN_ID`, and
-    logs the flattened config as params. An exception inside marks the run FAILED and propagates. Tracking is
-    best-effort: a store that cannot be opened or written is one warning and the stage runs untracked.
+    `subject`, `git_sha` and `dvc_stage=<stage>@<subject>`, the parent run from `$FOURD_PARENT_RUN_ID` (under a
+    plain `dvc repro`, its own parent run: stages/common/pipeline_run.py), and logs the flattened config as params.
+    An exception inside marks the run FAILED and propagates. Tracking is best-effort: a store that cannot be opened
+    or written is one warning and the stage runs untracked.
 
     Raises:
         StageError: tracking is on but MLflow is not installed, or `FOURD_TRACKING` has an unknown value.
@@ -131,12 +133,18 @@ def stage_run(
     tags = {"stage": stage, "subject": subject, "git_sha": git_sha(), "dvc_stage": f"{stage}@{subject}"}
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     parent = os.environ.get(PARENT_RUN_ENV) or None
+    dvc_parent = None  # the parent of a plain `dvc repro`, which this stage keeps up to date (pipeline_run.py)
     try:
         mlflow.set_tracking_uri(tracking_uri())
         with store_lock(mlflow.get_tracking_uri()):
             experiment = mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV, "fourd"))
             if EXPERIMENT_KIND[0] not in experiment.tags:
                 mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+            if parent is None:
+                client = mlflow.MlflowClient()
+                parent = dvc_parent = attach_parent(
+                    client, experiment.experiment_id, subject=subject, git_sha=tags["git_sha"]
+                )
         nested = parent is not None or mlflow.active_run() is not None
         run = mlflow.start_run(run_name=f"{stage}/{subject}", tags=tags, parent_run_id=parent, nested=nested)
     except Exception as err:  # noqa: BLE001 - tracking never decides a stage's result
@@ -155,5 +163,7 @@ def stage_run(
     finally:
         try:
             mlflow.end_run(status)
+            if dvc_parent is not None:
+                close_parent(mlflow.MlflowClient(), dvc_parent, run.info.run_id, status)
         except Exception as err:  # noqa: BLE001
             _warn(err)
