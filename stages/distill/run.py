@@ -206,20 +206,16 @@ def run(
             files += renders.file_list()
             input_template = manifest_fields["input_view_template"].default
             metrics = dict(final)
-            input_renders = []
-            for f in range(views.num_frames):
+            input_renders, anchor_renders = [], []
+            for f in progress(range(views.num_frames), desc="distill input and anchor views", unit="frame"):
                 image = _render(trainer, input_camera, f, source.size_px)
                 write_rgba(tmp / input_template.format(frame=f), image)
                 files.append(input_template.format(frame=f))
                 input_renders.append(composite_on_white(image))
+                anchor_renders.append(composite_on_white(_render(trainer, anchor.camera, f, anchor.frames.shape[-1])))
             metrics["psnr/input_view"] = _psnr(np.stack(input_renders), frames)
-            anchor_renders = np.stack(
-                [
-                    composite_on_white(_render(trainer, anchor.camera, f, anchor.frames.shape[-1]))
-                    for f in range(views.num_frames)
-                ]
-            )
-            metrics["psnr/anchor"] = _psnr(anchor_renders, (anchor.frames.permute(0, 2, 3, 1).numpy() * 255).round())
+            anchor_truth = (anchor.frames.permute(0, 2, 3, 1).numpy() * 255).round()
+            metrics["psnr/anchor"] = _psnr(np.stack(anchor_renders), anchor_truth)
             preview = [
                 composite_on_white(
                     _render(

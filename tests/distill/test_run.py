@@ -90,6 +90,23 @@ def test_stage_writes_field_renders_for_eval_and_preview(upstream, tmp_path, mlf
     ]
 
 
+def test_every_export_loop_reports_progress_off_a_terminal(upstream, tmp_path, monkeypatch, caplog):
+    """A log shows each export loop (a silent one left a worker log quiet for 39 s on a busy machine)."""
+    import io
+    import logging
+
+    from stages.common import logs
+
+    ticks = iter(range(0, 1_000_000, 20))  # 20 s pass between two looks at the clock
+    monkeypatch.setattr(logs, "clock", lambda: float(next(ticks)))
+    monkeypatch.setenv("FOURD_PROGRESS_EVERY_S", "10")
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
+    caplog.set_level(logging.INFO, logger="stages.common.logs")
+    run_tiny(upstream, tmp_path / "out")
+    loops = {r.getMessage().split(":")[0] for r in caplog.records if r.name == "stages.common.logs"}
+    assert {"distill renders", "distill input and anchor views", "distill preview"} <= loops
+
+
 def test_checkpoint_dir_resumes_a_finished_run_without_training(upstream, tmp_path):
     a = run_tiny(upstream, tmp_path / "a", checkpoint_dir=tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "checkpoint.safetensors").is_file()
