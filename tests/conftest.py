@@ -42,7 +42,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test logs to its own MLflow file store, so the real tracking code runs and nothing leaks."""
-    store = tmp_path_factory.mktemp("mlruns")
+    return isolate_tracking(tmp_path_factory.mktemp("mlruns"), monkeypatch)
+
+
+def isolate_tracking(store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point MLflow at the file store `store` (for what `monkeypatch` holds) and clear the flows' tracking variables.
+
+    A module-scoped fixture that runs stages calls it too: it is set up before the test's own store exists."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
     # stage_run sets MLflow's process-wide URI; each test starts from its own store whatever an earlier one set.
     import mlflow

@@ -1,8 +1,9 @@
 """The `fourd` flow end to end on the example subject (tiny configs, tiny 4DM weights), under Prefect's harness.
 
-One module-scoped repository copy: the first test builds the chain, the next ones rely on it being built
-(no-op rerun, config change), the last one submits two deployment runs at once. Every config set runs in the
-repository itself, through its pipeline file pipelines/<set>/dvc.yaml (flows/pipelines.py).
+One module-scoped repository copy, and one module-scoped run of the flow that builds fox's chain in it (`chain`):
+the tests that need the chain ask for it, and a test that changes the copy puts back what it changed, so the tests
+hold in any order. Every config set runs in the repository itself, through its pipeline file
+pipelines/<set>/dvc.yaml (flows/pipelines.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ pytest.importorskip("dvc")
 from flows.fourd import fourd  # noqa: E402
 from stages.common.artifacts import DistillManifest, EvalManifest, MvgenManifest, PreprocessManifest  # noqa: E402
 from stages.common.config import load_config_data  # noqa: E402
+from tests.conftest import isolate_tracking  # noqa: E402
 from tests.flows.builders import copy_repository  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -52,8 +55,23 @@ def ran(summary: dict) -> list[str]:
     return [s["instance"] for s in summary["stages"].values() if s["ran"]]
 
 
-def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlflow_store):
-    summary = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
+@dataclass(frozen=True)
+class Chain:
+    """The flow's first run on fox in `tiny_repo` with the tiny set: its summary and the MLflow store it logged to."""
+
+    summary: dict
+    store: Path
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_repo: Path, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        store = isolate_tracking(tmp_path_factory.mktemp("chain-mlruns"), monkeypatch)
+        return Chain(fourd(subject="fox", config_set="tiny", repo=str(tiny_repo)), store)
+
+
+def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, chain, mlflow_store):
+    summary = chain.summary
     ws = tiny_repo / "data/tiny"
     assert summary["pipeline"] == "pipelines/tiny/dvc.yaml" and ran(summary) == CHAIN and summary["notice"] is None
 
@@ -74,11 +92,11 @@ def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlf
     # DVC recorded every stage in the set's own lock file, nothing is stale, metrics are readable.
     lock = yaml.safe_load((tiny_repo / "pipelines/tiny/dvc.lock").read_text())["stages"]
     assert set(CHAIN) <= set(lock)
-    assert "up to date" in dvc(tiny_repo, "status", "pipelines/tiny/dvc.yaml").lower()
+    assert "up to date" in dvc(tiny_repo, "status", *(f"pipelines/tiny/dvc.yaml:{i}" for i in CHAIN)).lower()
     assert "psnr" in json.dumps(json.loads(dvc(tiny_repo, "metrics", "show", "--json")))  # reports/tiny/fox.json
 
     # MLflow: one parent run for the flow, one child per stage with the stage's params/metrics.
-    runs = mlflow_runs(mlflow_store)
+    runs = mlflow_runs(chain.store)
     parent = next(r for r in runs if r.info.run_id == summary["mlflow_run_id"])
     assert parent.info.run_name == "fourd/fox" and parent.info.status == "FINISHED"
     assert parent.data.tags["config_set"] == "tiny" and parent.data.tags["subject"] == "fox"
@@ -98,7 +116,7 @@ def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlf
     # What a person wants to look at is logged: mvgen's grid and preview, distill's orbit, eval's report and grid.
     from mlflow import MlflowClient
 
-    client = MlflowClient(mlflow_store.as_uri())
+    client = MlflowClient(chain.store.as_uri())
     logged = {n: {a.path for a in client.list_artifacts(r.info.run_id)} for n, r in children.items()}
     assert {"grid.png", "preview.mp4"} <= logged["mvgen/fox"] and "preview.mp4" in logged["distill/fox"]
     assert {"report.html", "grid.png"} <= logged["eval/fox"]
@@ -115,18 +133,24 @@ def test_flow_runs_the_chain_tracks_it_and_a_second_run_is_a_noop(tiny_repo, mlf
     assert not (tiny_repo / "out").exists()
 
 
-def test_config_change_reruns_only_the_affected_stages(tiny_repo):
-    if not (tiny_repo / "pipelines/tiny/dvc.lock").is_file():
-        pytest.skip("needs the chain built by the previous test")
+def test_config_change_reruns_only_the_affected_stages(tiny_repo, chain):
     cfg_path = tiny_repo / "configs/tiny/eval.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["image_size_px"] = 24
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    summary = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
-    assert ran(summary) == ["eval@fox"]
-    assert yaml.safe_load((tiny_repo / "data/tiny/eval/fox/config.yaml").read_text())["image_size_px"] == 24
-    assert "image_size_px" in dvc(tiny_repo, "params", "diff")  # against the commit
-    assert "up to date" in dvc(tiny_repo, "status", "pipelines/tiny/dvc.yaml").lower()
+    lock_path, metrics_path = tiny_repo / "pipelines/tiny/dvc.lock", tiny_repo / "reports/tiny/fox.json"
+    kept = {path: path.read_text() for path in (cfg_path, lock_path, metrics_path)}
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["image_size_px"] = 24
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        summary = fourd(subject="fox", config_set="tiny", repo=str(tiny_repo))
+        assert ran(summary) == ["eval@fox"]
+        assert yaml.safe_load((tiny_repo / "data/tiny/eval/fox/config.yaml").read_text())["image_size_px"] == 24
+        assert "image_size_px" in dvc(tiny_repo, "params", "diff")  # against the commit
+        assert "up to date" in dvc(tiny_repo, "status", *(f"pipelines/tiny/dvc.yaml:{i}" for i in CHAIN)).lower()
+    finally:  # the chain as `chain` built it: config, lock and metrics back, eval's output from DVC's cache
+        for path, text in kept.items():
+            path.write_text(text)
+        dvc(tiny_repo, "checkout", "--force", "pipelines/tiny/dvc.yaml:eval@fox")
+    assert EvalManifest.load(tiny_repo / "data/tiny/eval/fox").metrics == pytest.approx(chain.summary["metrics"])
 
 
 def test_without_official_weights_the_flow_runs_the_demo_model_and_says_so(tmp_path, mlflow_store):

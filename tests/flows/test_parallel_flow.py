@@ -1,10 +1,11 @@
 """Several subjects at once (`fourd_batch`, tiny configs and weights) on a fake two-GPU pool: on a CPU the device
 ids are only values of CUDA_VISIBLE_DEVICES, but which stage held which slot, and when, is what the pool decides.
 
-One module-scoped repository copy: the first test runs fox and a registered frame folder through preprocess and
-mvgen concurrently on FOURD_GPUS=0,1; the second reruns both mvgens on FOURD_GPUS=0 (one slot). mvgen stands for
-every GPU stage (distill takes its slot the same way, and the chain test runs it); one thread per stage process,
-so that two of them share this machine's cores without oversubscription.
+One module-scoped repository copy, in which one module-scoped batch (`two_subjects`) runs fox and a registered frame
+folder through preprocess and mvgen concurrently on FOURD_GPUS=0,1; the first test checks that batch, the second
+reruns both mvgens on FOURD_GPUS=0 (one slot). mvgen stands for every GPU stage (distill takes its slot the same
+way, and the chain test runs it); one thread per stage process, so that two of them share this machine's cores
+without oversubscription.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flows import GPU_STAGES  # noqa: E402
 from flows.fourd import fourd_batch  # noqa: E402
 from stages.common.artifacts import MvgenManifest, PreprocessManifest  # noqa: E402
 from stages.common.config import load_config_data  # noqa: E402
+from tests.conftest import isolate_tracking  # noqa: E402
 
 STAGES = ["preprocess", "mvgen"]
 
@@ -52,29 +54,34 @@ def overlap(a: tuple, b: tuple) -> bool:
     return a[2] < b[3] and b[2] < a[3]
 
 
-@pytest.fixture
-def gpu_env(monkeypatch, tmp_path):
-    def use(devices: str) -> None:
-        monkeypatch.setenv("FOURD_GPUS", devices)
-        monkeypatch.setenv("FOURD_GPU_LOCK_DIR", str(tmp_path / "gpu-locks"))
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-    return use
+def use_gpus(monkeypatch: pytest.MonkeyPatch, devices: str, lock_dir: Path) -> None:
+    monkeypatch.setenv("FOURD_GPUS", devices)
+    monkeypatch.setenv("FOURD_GPU_LOCK_DIR", str(lock_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def test_two_subjects_at_once_each_gpu_stage_on_its_own_device(tiny_repo, tmp_path, gpu_env, prefect_harness):
-    gpu_env("0,1")
-    frames = tmp_path / "vixen"
+@pytest.fixture(scope="module")
+def two_subjects(tiny_repo: Path, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`fourd_batch`'s summary of a registered frame folder (vixen) and fox through STAGES on FOURD_GPUS=0,1."""
+    scratch = tmp_path_factory.mktemp("two-subjects")
+    frames = scratch / "vixen"
     shutil.copytree(tiny_repo / "examples/fox/render/input", frames, ignore=shutil.ignore_patterns("prompt.txt"))
-    summary = fourd_batch(
-        videos=[str(frames)],
-        prompts=["a vixen walking"],
-        subjects=["fox"],
-        fps=8.0,
-        config_set="tiny",
-        stages=STAGES,
-        repo=str(tiny_repo),
-    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate_tracking(scratch / "mlruns", monkeypatch)
+        use_gpus(monkeypatch, "0,1", scratch / "gpu-locks")
+        return fourd_batch(
+            videos=[str(frames)],
+            prompts=["a vixen walking"],
+            subjects=["fox"],
+            fps=8.0,
+            config_set="tiny",
+            stages=STAGES,
+            repo=str(tiny_repo),
+        )
+
+
+def test_two_subjects_at_once_each_gpu_stage_on_its_own_device(tiny_repo, two_subjects):
+    summary = two_subjects
     assert summary["order"] == ["vixen", "fox"] and summary["parallel"] == 2 and summary["gpus"] == ["0", "1"]
     lock = yaml.safe_load((tiny_repo / "pipelines/tiny/dvc.lock").read_text())["stages"]
     for subject in ("vixen", "fox"):
@@ -95,10 +102,8 @@ def test_two_subjects_at_once_each_gpu_stage_on_its_own_device(tiny_repo, tmp_pa
     assert any(overlap(a, b) for a, b in itertools.combinations(runs, 2) if a[0][-3:] != b[0][-3:]), runs
 
 
-def test_one_gpu_the_gpu_stages_never_overlap(tiny_repo, gpu_env, prefect_harness):
-    if not (tiny_repo / "data/tiny/mvgen/vixen").is_dir():
-        pytest.skip("needs the subjects built by the previous test")
-    gpu_env("0")
+def test_one_gpu_the_gpu_stages_never_overlap(tiny_repo, two_subjects, monkeypatch, tmp_path, prefect_harness):
+    use_gpus(monkeypatch, "0", tmp_path / "gpu-locks")
     cfg_path = tiny_repo / "configs/tiny/mvgen.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["seed"] = int(load_config_data(cfg_path)["seed"]) + 1
