@@ -7,60 +7,34 @@ LPIPS, PSNR and SSIM on both sides resized to `image_size_px` (512); FVD on 224�
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
-import platform
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import PIL
 import torch
 from PIL import Image
 
-from stages.common.artifacts import (
-    CONFIG_FILE,
-    RenderManifest,
-    ViewSet,
-    git_sha,
-    load_any_manifest,
-    staged_output_dir,
-)
+from stages.common.artifacts import CONFIG_FILE, RenderManifest, git_sha, load_any_manifest, staged_output_dir
 from stages.common.config import config_sha256, dump_config
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.image_io import atomic_write_bytes
-from stages.common.logs import progress
-from stages.common.lpips import LPIPSVGG
 from stages.common.tracking import stage_run
 from stages.eval.config import EvalConfig
 from stages.eval.manifest import EvalManifest, SkippedMetric, ViewPair, prediction_view_set
-from stages.eval.metrics.clip_similarity import ClipImageEncoder, clip_weight_dir, cosine_similarity, load_clip
-from stages.eval.metrics.fvd import (
-    compute_fvd,
-    compute_fvd_consistent4d,
-    compute_i3d_features,
-    i3d_weight_file,
-    load_i3d,
-    prepare_clip,
-)
-from stages.eval.metrics.inception_i3d import InceptionI3d
-from stages.eval.metrics.lpips import load_lpips, lpips_weight_files
-from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim
+from stages.eval.metrics.clip_similarity import load_clip
+from stages.eval.metrics.fvd import load_i3d
+from stages.eval.metrics.lpips import load_lpips
 from stages.eval.metrics.weights import MissingWeights
-from stages.eval.pairing import EvalPairs, load_frames, pair_view_sets
-from stages.eval.report import METRIC_INFO, ReportView, png_bytes, render_report, view_strip
-from stages.eval.report_media import (
-    copy_preview,
-    load_mvgen_reference,
-    loss_curves_svg,
-    read_train_log,
-    score_reference,
-)
+from stages.eval.pairing import pair_view_sets
+from stages.eval.protocol import build_protocol
+from stages.eval.report import ReportView, png_bytes, render_report
+from stages.eval.report_media import copy_preview, load_mvgen_reference, loss_curves_svg, read_train_log
+from stages.eval.scoring import score_pairs
 
 __all__ = ["run", "CLIP_METRICS", "FVD_METRICS"]
 
@@ -97,37 +71,6 @@ def _load_network(load: Callable[[], T], metrics: tuple[str, ...], skipped: dict
         for metric in metrics:
             skipped[metric] = SkippedMetric(reason=missing.reason, wanted=str(missing.wanted))
         return None
-
-
-def _resize(images: np.ndarray, size_px: int) -> np.ndarray:
-    """uint8 (..., H, W, 3) → (..., size_px, size_px, 3) with PIL bicubic, as the reference scripts."""
-    flat = images.reshape(-1, *images.shape[-3:])  # (N, H, W, 3)
-    if flat.shape[1:3] == (size_px, size_px):
-        return images
-    out = [np.asarray(Image.fromarray(im).resize((size_px, size_px), Image.Resampling.BICUBIC)) for im in flat]
-    return np.stack(out).reshape(*images.shape[:-3], size_px, size_px, 3)
-
-
-def _to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _consecutive_similarity(emb: torch.Tensor) -> torch.Tensor:
-    """(V, F, D) embeddings → (V, F-1) cosine similarity of frame f and f+1."""
-    return cosine_similarity(emb[:, :-1], emb[:, 1:])
-
-
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values))
 
 
 def run(
@@ -192,7 +135,7 @@ def run(
 
     tags = {f"skipped.{k}": f"{v.reason}: {v.wanted}" for k, v in skipped.items()}
     with stage_run("eval", config, subject=subject, extra_tags=tags) as tracker:
-        result = _evaluate(
+        result = score_pairs(
             config,
             pairs,
             prediction_dir,
@@ -207,7 +150,7 @@ def run(
         metrics, rows, features, strips = result
 
         # 3. Protocol: what the numbers depend on.
-        protocol = _protocol(config, pairs, weights_dir, clip, lpips_net, i3d)
+        protocol = build_protocol(config, pairs, weights_dir, clip, lpips_net, i3d)
         capped = sum(int(r["psnr_capped"]) for r in rows)
 
         # 4. Write config first, results, report, manifest last; the folder appears only when complete.
@@ -296,143 +239,6 @@ def run(
         return manifest
 
 
-def _evaluate(
-    config: EvalConfig,
-    pairs: EvalPairs,
-    prediction_dir: Path,
-    pred_views: ViewSet,
-    ground_truth_dir: Path,
-    truth: RenderManifest,
-    networks: tuple[ClipImageEncoder | None, LPIPSVGG | None, InceptionI3d | None],
-    device: torch.device,
-    skipped: dict[str, SkippedMetric],
-    reference: np.ndarray | None,
-) -> tuple[dict[str, float], list[dict], tuple[np.ndarray, np.ndarray] | None, list[_ViewBlock]]:
-    """Compute every metric that has its network; returns (metrics, per-frame rows, I3D features, view blocks).
-
-    `networks` is (CLIP, LPIPS, I3D), None where the weights are missing; `reference` the mvgen views (V, F, H, W, 3)
-    a distill prediction was fitted to, shown and scored beside it."""
-    clip, lpips_net, i3d = networks
-    # 1. Images on white, in pair order: (V, F, H, W, 3) each side, then both at the protocol resolution.
-    pred_frames = [f for f, _, _ in pairs.frames]
-    gt_frames = [g for _, g, _ in pairs.frames]
-    pred = load_frames(prediction_dir, pred_views, [(p.view, pred_frames) for p, _ in pairs.views])
-    gt = load_frames(ground_truth_dir, truth.gt, [(g.view, gt_frames) for _, g in pairs.views])
-    num_views, num_frames = pred.shape[:2]
-    pred_s, gt_s = _resize(pred, config.image_size_px), _resize(gt, config.image_size_px)
-    flat_pred = pred_s.reshape(-1, *pred_s.shape[2:])  # (V·F, S, S, 3), view-major
-    flat_gt = gt_s.reshape(-1, *gt_s.shape[2:])
-    per_frame: dict[str, np.ndarray] = {}
-    metrics: dict[str, float] = {}
-
-    # 2. PSNR and SSIM: no weights needed.
-    psnr, capped = compute_psnr(_to_unit(flat_pred), _to_unit(flat_gt))
-    per_frame["psnr"], per_frame["psnr_capped"] = psnr.numpy(), capped.numpy()
-    per_frame["ssim"] = np.concatenate(
-        [
-            compute_ssim(
-                _to_unit(flat_pred[i : i + config.batch_size]),
-                _to_unit(flat_gt[i : i + config.batch_size]),
-                kernel_size=config.ssim_kernel_size,
-                sigma=config.ssim_sigma,
-                padding=config.ssim_padding,
-            ).numpy()
-            for i in range(0, len(flat_pred), config.batch_size)
-        ]
-    )
-    metrics["psnr"] = _mean(per_frame["psnr"].tolist())
-    metrics["ssim"] = _mean(per_frame["ssim"].tolist())
-
-    # 3. CLIP-I (prediction vs GT) and CLIP-C (consecutive frames of each video).
-    if clip is not None:
-        emb_pred = clip.embed(flat_pred, config.batch_size).view(num_views, num_frames, -1)  # (V, F, D)
-        emb_gt = clip.embed(flat_gt, config.batch_size).view(num_views, num_frames, -1)
-        per_frame["clip_i"] = cosine_similarity(emb_pred, emb_gt).reshape(-1).numpy()
-        metrics["clip_i"] = float(cosine_similarity(emb_pred, emb_gt).mean(dim=1).mean())
-        if num_frames >= 2:
-            consecutive = _consecutive_similarity(emb_pred)  # (V, F-1)
-            next_sim = np.full((num_views, num_frames), np.nan)
-            next_sim[:, :-1] = consecutive.numpy()
-            per_frame["clip_c_next"] = next_sim.reshape(-1)
-            metrics["clip_c"] = float(consecutive.mean(dim=1).mean())
-            metrics["clip_c_ground_truth"] = float(_consecutive_similarity(emb_gt).mean(dim=1).mean())
-
-    # 4. LPIPS (VGG) on [-1, 1].
-    if lpips_net is not None:
-        lpips_net = lpips_net.to(device)
-        with torch.no_grad():
-            per_frame["lpips"] = np.concatenate(
-                [
-                    lpips_net(
-                        (_to_unit(flat_pred[i : i + config.batch_size]) * 2 - 1).to(device),
-                        (_to_unit(flat_gt[i : i + config.batch_size]) * 2 - 1).to(device),
-                    )
-                    .double()
-                    .cpu()
-                    .numpy()
-                    for i in progress(range(0, len(flat_pred), config.batch_size), desc="LPIPS", unit="batch")
-                ]
-            )
-        metrics["lpips"] = _mean(per_frame["lpips"].tolist())
-
-    # 5. FVD: one clip per view and side, from the frames at their own resolution.
-    features = None
-    if i3d is not None:
-        clips_pred = [prepare_clip(v, config.fvd_size_px, config.fvd_min_frames) for v in pred]
-        clips_gt = [prepare_clip(v, config.fvd_size_px, config.fvd_min_frames) for v in gt]
-        features = (compute_i3d_features(i3d, clips_pred, device), compute_i3d_features(i3d, clips_gt, device))
-        if "fvd" not in skipped:
-            metrics["fvd"] = compute_fvd(*features)
-        metrics["fvd_consistent4d"] = compute_fvd_consistent4d(*features)[0]
-
-    # 6. Per-frame rows (view-major, time order) and per-view strips for the report.
-    rows = []
-    for v, (pcam, gcam) in enumerate(pairs.views):
-        for f, (pf, gf, source) in enumerate(pairs.frames):
-            i = v * num_frames + f
-            row: dict = {
-                "view": pcam.view,
-                "gt_view": gcam.view,
-                "azimuth_deg": pcam.azimuth_deg,
-                "elevation_deg": pcam.elevation_deg,
-                "frame": pf,
-                "gt_frame": gf,
-                "source_index": source,
-            }
-            for key in ("clip_i", "clip_c_next", "lpips", "psnr", "ssim"):
-                value = per_frame[key][i] if key in per_frame else None
-                row[key] = None if value is None or np.isnan(value) else float(value)
-            row["psnr_capped"] = int(per_frame["psnr_capped"][i])
-            rows.append(row)
-    strips = []
-    ssim = {"kernel_size": config.ssim_kernel_size, "sigma": config.ssim_sigma, "padding": config.ssim_padding}
-    ref_metrics = score_reference(reference, gt_s, config.image_size_px, ssim) if reference is not None else None
-    for v, (pcam, gcam) in enumerate(pairs.views):
-        view_rows = rows[v * num_frames : (v + 1) * num_frames]
-        summary = {
-            key: _mean([r[key] for r in view_rows])
-            for key in ("clip_i", "lpips", "psnr", "ssim")
-            if view_rows[0][key] is not None
-        }
-        title = (
-            f"view {pcam.view} (azimuth {pcam.azimuth_deg:g}°, elevation {pcam.elevation_deg:g}°) "
-            f"↔ ground-truth view {gcam.view}"
-        )
-        middle = None if reference is None else reference[v]
-        strip = view_strip(gt[v], pred[v], config.report_thumb_px, middle)
-        strips.append(_ViewBlock(title, summary, strip, {} if ref_metrics is None else ref_metrics[v]))
-    ordered = {k: metrics[k] for k in METRIC_INFO if k in metrics}
-    return ordered, rows, features, strips
-
-
-@dataclass(frozen=True)
-class _ViewBlock:
-    title: str
-    metrics: dict[str, float]
-    strip: np.ndarray
-    reference: dict[str, float]
-
-
 def _per_frame_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -445,55 +251,3 @@ def _per_frame_csv(rows: list[dict]) -> str:
             ]
         )
     return buf.getvalue()
-
-
-def _protocol(
-    config: EvalConfig,
-    pairs: EvalPairs,
-    weights_dir: Path | None,
-    clip: ClipImageEncoder | None,
-    lpips_net: LPIPSVGG | None,
-    i3d: InceptionI3d | None,
-) -> dict[str, str | int | float]:
-    """Everything the numbers depend on besides the images: sizes, clip length, weights (sha256), versions."""
-    num_frames = len(pairs.frames)
-    repeats = max(1, -(-config.fvd_min_frames // num_frames))
-    protocol: dict[str, str | int | float] = {
-        "num_views": len(pairs.views),
-        "num_frames": num_frames,
-        "unscored_ground_truth_views": ", ".join(
-            f"{g.view} (azimuth {g.azimuth_deg:g}°, elevation {g.elevation_deg:g}°)"
-            for g in pairs.unpaired_ground_truth
-        )
-        or "none",
-        "background": "white (straight-alpha compositing)",
-        "image_size_px": config.image_size_px,
-        "resize": "PIL bicubic",
-        "fvd_size_px": config.fvd_size_px,
-        "fvd_clip_frames": num_frames * repeats,
-        "fvd_frame_repeats": repeats,
-        "fvd_pooling": "one clip per view; fvd: Gaussians over all clips; fvd_consistent4d: per view, mean",
-        "psnr_ssim_data_range": 1.0,
-        "ssim_window": f"gaussian {config.ssim_kernel_size} px, sigma {config.ssim_sigma:g}, {config.ssim_padding}",
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-    }
-    if clip is not None:
-        import transformers
-
-        folder = clip_weight_dir(weights_dir)
-        files = [folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()]
-        protocol["clip_weights"] = f"clip/{files[0].name} sha256 {_file_sha256(files[0])[:16]}"
-        protocol["clip_processor"] = "CLIPImageProcessorPil (shortest side 224 bicubic, centre crop)"
-        protocol["transformers"] = transformers.__version__
-    if lpips_net is not None:
-        backbone, heads = lpips_weight_files(weights_dir)
-        protocol["lpips_weights"] = (
-            f"{backbone.name} sha256 {_file_sha256(backbone)[:16]}, {heads.name} sha256 {_file_sha256(heads)[:16]}"
-        )
-    if i3d is not None:
-        path = i3d_weight_file(weights_dir)
-        protocol["i3d_weights"] = f"{path.name} sha256 {_file_sha256(path)[:16]}"
-    return protocol
