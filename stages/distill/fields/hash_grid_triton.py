@@ -78,8 +78,8 @@ class LevelTables:
 @functools.cache
 def _kernels(interpret: bool):
     """(forward, backward_params, backward_input, double_backward) kernels, compiled for CUDA or, with `interpret`,
-    for Triton's CPU interpreter: `_hash_grid_kernels.py` is loaded as its own module per mode, since Triton reads
-    TRITON_INTERPRET when it decorates the functions."""
+    for Triton's CPU interpreter: `_hash_grid_device.py` and `_hash_grid_kernels.py` (which calls its functions) are
+    loaded as their own modules per mode, since Triton reads TRITON_INTERPRET when it decorates the functions."""
     import triton.language as tl
 
     if interpret and type(tl.zeros).__name__ == "JITFunction":
@@ -90,11 +90,12 @@ def _kernels(interpret: bool):
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
-        path = Path(__file__).with_name("_hash_grid_kernels.py")
-        spec = importlib.util.spec_from_file_location(f"_fourd_hash_grid_kernels_{int(interpret)}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # Triton looks functions up through their module
-        spec.loader.exec_module(module)
+        for part in ("device", "kernels"):  # the kernels module finds its device functions by its own name
+            path = Path(__file__).with_name(f"_hash_grid_{part}.py")
+            spec = importlib.util.spec_from_file_location(f"_fourd_hash_grid_{part}_{int(interpret)}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # Triton looks functions up through their module
+            spec.loader.exec_module(module)
     finally:
         if previous is None:
             os.environ.pop("TRITON_INTERPRET", None)
