@@ -14,15 +14,15 @@ from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import load_fourdm
 from stages.mvgen.training import TrainConfig, run
 from stages.mvgen.training.dataset import find_clip_sources, sample_clip
-from stages.mvgen.training.synthetic_ring import write_ring_artifact
-from stages.mvgen.training.train_fourdm import (
-    _output_and_target,
+from stages.mvgen.training.objective import (
     camera_gap,
     denoising_loss,
     dropout_mask,
+    output_and_target,
     step_generator,
     training_loss,
 )
+from stages.mvgen.training.synthetic_ring import write_ring_artifact
 from tests.mvgen.tiny import IMAGE_PX, tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -266,8 +266,8 @@ def test_v_prediction_trains_on_the_velocity(setup):
     noise = torch.randn((3, x0.shape[1], 5, *x0.shape[3:]), generator=g)
     t = torch.randint(0, 1000, (3,), generator=g)
     with torch.no_grad():
-        out, target, _ = _output_and_target(*args, noise, t, None)
-        out_v, target_v, _ = _output_and_target(pipe.unet, v_scheduler, *args[2:], noise, t, None)
+        out, target, _ = output_and_target(*args, noise, t, None)
+        out_v, target_v, _ = output_and_target(pipe.unet, v_scheduler, *args[2:], noise, t, None)
         eps_loss = denoising_loss(*args, torch.Generator().manual_seed(1))
         v_loss = denoising_loss(pipe.unet, v_scheduler, *args[2:], torch.Generator().manual_seed(1))
     assert torch.equal(target, noise) and torch.equal(out_v, out)  # same UNet call, another target

@@ -8,7 +8,7 @@ Windows are drawn as the demo model trains on them (`demo_data.sample_windows`: 
 orthogonal views of a random base, cameras relative to the conditioning view; with `--front-view`, as a
 `front_view_only` model trains: conditioned on the ring's front view, 0/90/180/270° out) from the training rings
 under `--data` (one clip with `--clip`). Each timestep's noise is shared by the two evaluations
-(`train_fourdm.camera_gap`), so the difference is the camera input's effect alone. A trained model should do
+(`objective.camera_gap`), so the difference is the camera input's effect alone. A trained model should do
 clearly worse with the rotated cameras at high t; equal columns mean the camera pathway is unused and the views'
 layout is left to chance. The x0 columns: the error of the predicted clean views against their own truth and
 against the next view's; own far below other at the highest t means the views are readable from their noisy
@@ -29,7 +29,7 @@ from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
 from stages.mvgen.training.demo_data import ClipBank, load_clip_bank, sample_windows
 from stages.mvgen.training.demo_phases import build_caches
-from stages.mvgen.training.train_fourdm import camera_gap
+from stages.mvgen.training.objective import camera_gap
 
 __all__ = ["check_cameras", "main"]
 
@@ -46,7 +46,7 @@ def check_cameras(
     front_view_only: bool = False,
     any_base: bool = False,
 ) -> list[dict]:
-    """Rows {t, mse_true, mse_rotated, gap, relative_gap, x0_own, x0_other} (`train_fourdm.camera_gap`) over `windows`
+    """Rows {t, mse_true, mse_rotated, gap, relative_gap, x0_own, x0_other} (`objective.camera_gap`) over `windows`
     windows of `bank` (posterior means; only the images the windows use are encoded). `front_view_only`: windows as
     the demo uses the model, `any_base` with any quadruple of the ring (`demo_data.sample_windows`)."""
     device = pipe.device

@@ -6,7 +6,7 @@
 Phase 1 trains the VAE (weighted L1 + KL) on every rendered image and sets its scaling factor to 1/std of the
 latents. Phase 2 caches the posterior of every image, the CLIP-vision tokens of every image (random frozen
 encoder) and the caption tokens (random frozen text encoder), then trains the whole UNet on eq. 7
-(`train_fourdm.denoising_loss`) over windows drawn from memory (`demo_data.sample_windows`), with AdamW, warm-up,
+(`objective.denoising_loss`) over windows drawn from memory (`demo_data.sample_windows`), with AdamW, warm-up,
 gradient clipping, bf16 autocast and an EMA. What the conditioning carries: the reference video through the VAE
 latents of the reference slot (trained VAE, read by 3D self-attention), the same frames through CLIP-vision
 tokens (a random but fixed image feature, read by the trained resampler), and the caption (a subject label).

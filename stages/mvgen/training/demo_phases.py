@@ -20,7 +20,7 @@ from stages.mvgen.training.demo_data import (
     ClipBank,
     sample_windows,
 )
-from stages.mvgen.training.train_fourdm import denoising_loss, dropout_mask, step_generator
+from stages.mvgen.training.objective import denoising_loss, dropout_mask, step_generator
 
 VAE_WARMUP = 100
 
