@@ -108,8 +108,8 @@ class DemoModelConfig(StageConfig):
     """Condition every window on its ring's front view (the render stage's input camera) and ask for the views at
     0/90/180/270° from it: how the demo uses the model. The paper's recipe (False) draws the conditioning view and
     the view quadruple at random, so a camera (relative to the conditioning view) places a view only together with
-    what the reference shows; `scripts/camera_learning.py` measured a tiny model that learns its cameras within 600
-    CPU steps this way and not in 1200 steps the random way (weights/demo/README.md). Ours, a demo-model option."""
+    what the reference shows; a CPU experiment (weights/demo/README.md) measured a tiny model that learns its cameras
+    within 600 steps this way and not in 1200 steps the random way. Ours, a demo-model option."""
     front_view_any_base: bool = False
     """With `front_view_only`: the 4 orthogonal views start at a random view of the ring (any of its 16 azimuths,
     22.5° apart) instead of the front view, still conditioned on the front view. The demo's mvgen asks for

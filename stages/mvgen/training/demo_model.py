@@ -95,7 +95,7 @@ def run(config: DemoModelConfig, *, output_dir: Path, data_dir: Path | None = No
 
     Args:
         output_dir: run folder: checkpoint/, fourdm/, samples/, train_log.jsonl, summary.json.
-        data_dir: render artifacts with training rings (scripts/render_demo_training_data.sh), or one of them;
+        data_dir: render artifacts with training rings (scripts/render_demo_training_data.py), or one of them;
             not needed with `export_only`.
 
     Returns:

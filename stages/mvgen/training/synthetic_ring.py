@@ -1,7 +1,8 @@
 """Synthetic training rings for tests and CPU experiments: a render-stage artifact (`RenderManifest` with a train/
-ring, as `scripts/render_demo_training_data.sh` writes for real assets) whose images come from a function.
+ring, as `scripts/render_demo_training_data.py` writes for real assets) whose images come from a function.
 
-Used by the training tests and `scripts/camera_learning.py`; the training code reads these exactly as real renders.
+Used by the training tests and the camera-learning experiment of weights/demo/README.md; the training code reads
+these exactly as real renders.
 """
 
 from __future__ import annotations
