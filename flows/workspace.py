@@ -213,7 +213,7 @@ def register_subject(
             if target.exists() and _sha256(target) != _sha256(video):
                 raise WorkspaceError(
                     f"{target.relative_to(repo)} already exists and differs from {video}; move it away or pick "
-                    "another subject name (nothing was changed)"
+                    "another subject name (params.yaml and data/raw/ are left as they are)"
                 )
             raw.mkdir(parents=True, exist_ok=True)
             if not target.exists():

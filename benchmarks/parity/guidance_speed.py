@@ -24,7 +24,6 @@ why they do not fit one device call).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
 import sys
@@ -34,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -79,7 +77,7 @@ def official_step(
     off, model: torch.nn.Module, frames: np.ndarray, render_px: int, image_px: int, device: torch.device, autocast
 ):
     """A callable that runs the official guidance once on fresh random renders and back-propagates its loss."""
-    from benchmarks.parity.pieces import official_cameras
+    from benchmarks.parity.pieces import official_cameras, official_guidance, official_prompt_output
 
     cls = off.guidance.MultiviewVideoDiffusionGuidance
     # configure() without its checkpoint loading: the same attributes, the VAE in fp16 as configure() sets it (on
@@ -88,37 +86,12 @@ def official_step(
         model.vae_model.to(torch.float16)
     else:
         off.guidance.torch = _Fp32Torch("torch")
-    fake = types.SimpleNamespace(
-        cfg=cls.Config(
-            guidance_scale=5.0, recon_loss=True, recon_std_rescale=0.2, ip_mode="pixel", n_view=4, image_size=image_px
-        ),
-        model=model,
-        weights_dtype=torch.float32,
-        alphas=model.alphas_cumprod.to(device),
-        grad_clip_val=None,
-        num_train_timesteps=1000,
-        min_step=20,
-        max_step=980,
-        device=device,
+    fake = official_guidance(
+        off, model, image_px, alphas=model.alphas_cumprod.to(device), min_step=20, max_step=980, device=device
     )
-    for name in ("get_camera_cond", "encode_images", "append_extra_view"):
-        setattr(fake, name, functools.partial(getattr(cls, name), fake))
     with torch.no_grad(), autocast():
         text = model.clip_model([PROMPT, NEGATIVE])
-    prompt_utils = off.prompt_base.PromptProcessorOutput(
-        text_embeddings=text[:1],
-        uncond_text_embeddings=text[1:],
-        text_embeddings_vd=text[:1].repeat(4, 1, 1),
-        uncond_text_embeddings_vd=text[1:].repeat(4, 1, 1),
-        directions=[],
-        direction2idx={},
-        use_perp_neg=False,
-        perp_neg_f_sb=(1, 0.5, -0.606),
-        perp_neg_f_fsb=(1, 0.5, 0.967),
-        perp_neg_f_fs=(4, 0.5, -2.426),
-        perp_neg_f_sf=(4, 0.5, -2.426),
-        image=[Image.fromarray(np.concatenate([f, np.full_like(f[..., :1], 255)], axis=2), "RGBA") for f in frames],
-    )
+    prompt_utils = official_prompt_output(off, text, frames)
     cams = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in official_cameras(off, 0).items()}
     count = NUM_FRAMES * NUM_VIEWS
     background = torch.ones(count, render_px, render_px, 3, device=device)

@@ -286,6 +286,52 @@ def official_cameras(off: Official, seed: int) -> dict[str, torch.Tensor]:
     return dataset.collate(None)
 
 
+def official_guidance(off: Official, model: torch.nn.Module, image_size: int, **attributes) -> types.SimpleNamespace:
+    """A minimal `MultiviewVideoDiffusionGuidance` instance whose `__call__` runs as the official one: the attributes
+    `configure()` sets (it would load checkpoints), the paper's config (CFG 5, x0 reconstruction with std rescale
+    0.2, pixel image prompt, 4 views), and its helper methods bound to it. `attributes` adds or replaces attributes
+    (`alphas` on the model's device, `min_step`/`max_step`, `device`)."""
+    cls = off.guidance.MultiviewVideoDiffusionGuidance
+    fake = types.SimpleNamespace(
+        cfg=cls.Config(
+            guidance_scale=5.0,
+            recon_loss=True,
+            recon_std_rescale=0.2,
+            ip_mode="pixel",
+            n_view=4,
+            image_size=image_size,
+        ),
+        model=model,
+        weights_dtype=torch.float32,
+        grad_clip_val=None,
+        num_train_timesteps=1000,
+        **attributes,
+    )
+    for name in ("get_camera_cond", "encode_images", "append_extra_view"):
+        setattr(fake, name, functools.partial(getattr(cls, name), fake))
+    return fake
+
+
+def official_prompt_output(off: Official, text: torch.Tensor, frames: np.ndarray):  # noqa: ANN201
+    """The official `PromptProcessorOutput` for text embeddings (prompt, negative) stacked in `text` (2, T, D) and
+    the conditioning frames ((F, H, W, 3) uint8 RGB, given as RGBA images); view-dependent prompts off, as the
+    official config has them."""
+    return off.prompt_base.PromptProcessorOutput(
+        text_embeddings=text[:1],
+        uncond_text_embeddings=text[1:],
+        text_embeddings_vd=text[:1].repeat(4, 1, 1),
+        uncond_text_embeddings_vd=text[1:].repeat(4, 1, 1),
+        directions=[],
+        direction2idx={},
+        use_perp_neg=False,
+        perp_neg_f_sb=(1, 0.5, -0.606),
+        perp_neg_f_fsb=(1, 0.5, 0.967),
+        perp_neg_f_fs=(4, 0.5, -2.426),
+        perp_neg_f_sf=(4, 0.5, -2.426),
+        image=[Image.fromarray(np.concatenate([f, np.full_like(f[..., :1], 255)], axis=2), "RGBA") for f in frames],
+    )
+
+
 def guidance(
     off: Official,
     pair: ModelPair,
@@ -325,33 +371,9 @@ def guidance(
 
     # 1. Official: the guidance's own __call__ on a minimal instance (configure() would load checkpoints).
     cls = off.guidance.MultiviewVideoDiffusionGuidance
-    fake = types.SimpleNamespace(
-        cfg=cls.Config(
-            guidance_scale=5.0, recon_loss=True, recon_std_rescale=0.2, ip_mode="pixel", n_view=4, image_size=size
-        ),
-        model=pair.official,
-        weights_dtype=torch.float32,
-        alphas=pair.official.alphas_cumprod,
-        grad_clip_val=None,
-        num_train_timesteps=1000,
-    )
-    for name in ("get_camera_cond", "encode_images", "append_extra_view"):
-        setattr(fake, name, functools.partial(getattr(cls, name), fake))
+    fake = official_guidance(off, pair.official, size, alphas=pair.official.alphas_cumprod)
     text_official = pair.official.clip_model([prompt, negative])
-    prompt_utils = off.prompt_base.PromptProcessorOutput(
-        text_embeddings=text_official[:1],
-        uncond_text_embeddings=text_official[1:],
-        text_embeddings_vd=text_official[:1].repeat(4, 1, 1),
-        uncond_text_embeddings_vd=text_official[1:].repeat(4, 1, 1),
-        directions=[],
-        direction2idx={},
-        use_perp_neg=False,
-        perp_neg_f_sb=(1, 0.5, -0.606),
-        perp_neg_f_fsb=(1, 0.5, 0.967),
-        perp_neg_f_fs=(4, 0.5, -2.426),
-        perp_neg_f_sf=(4, 0.5, -2.426),
-        image=[Image.fromarray(np.concatenate([f, np.full_like(f[..., :1], 255)], axis=2), "RGBA") for f in frames],
-    )
+    prompt_utils = official_prompt_output(off, text_official, frames)
     rgb_official = renders.permute(0, 1, 3, 4, 2).reshape(num_frames * num_views, render_px, render_px, 3).clone()
     rgb_official.requires_grad_(True)
     with _official_draws(off, [posterior, noise, ref_noise]):

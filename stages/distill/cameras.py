@@ -13,7 +13,7 @@ from torch import Tensor
 
 from stages.common.cameras import OrbitCamera, focal_length_px
 
-__all__ = ["Rays", "SDSViews", "sample_sds_views", "camera_rays"]
+__all__ = ["Rays", "SDSViews", "sample_sds_views", "camera_rays", "pixel_directions"]
 
 
 @dataclass
@@ -67,9 +67,16 @@ def camera_rays(camera: OrbitCamera, size_px: int, device: torch.device | str = 
     """
     focal = focal_length_px(camera.fov_y_deg, size_px)
     c2w = torch.tensor(camera.c2w, dtype=torch.float32, device=device)
-    coords = torch.arange(size_px, dtype=torch.float32, device=device) + 0.5 - size_px / 2
-    j, i = torch.meshgrid(coords, coords, indexing="ij")  # (H, W) each
-    dirs = torch.stack([i / focal, -j / focal, -torch.ones_like(i)], dim=-1).reshape(-1, 3)  # (H·W, 3)
-    dirs = dirs @ c2w[:3, :3].T
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    centres = torch.arange(size_px, dtype=torch.float32, device=device) + 0.5
+    y, x = torch.meshgrid(centres, centres, indexing="ij")  # (H, W) each
+    dirs = pixel_directions(c2w[:3, :3], focal, size_px, x.reshape(-1), y.reshape(-1))  # (H·W, 3)
     return Rays(origins=c2w[:3, 3].expand_as(dirs).contiguous(), directions=dirs)
+
+
+def pixel_directions(rotation: Tensor, focal: Tensor | float, size_px: int, x: Tensor, y: Tensor) -> Tensor:
+    """Unit world directions (N, 3) of the rays through image points (x, y) (N,), in pixels from the top-left
+    corner of a square `size_px` image (pixel i spans [i, i + 1)): `((x − W/2)/f, −(y − H/2)/f, −1)` in camera
+    space (OpenGL axes) rotated by `rotation`, the c2w's (3, 3) or one (N, 3, 3) per point with `focal` (N,)."""
+    local = torch.stack([(x - size_px / 2) / focal, -(y - size_px / 2) / focal, -torch.ones_like(x)], dim=-1)
+    dirs = local @ rotation.T if rotation.dim() == 2 else torch.einsum("nij,nj->ni", rotation, local)
+    return dirs / dirs.norm(dim=-1, keepdim=True)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from stages.common.cameras import OrbitCamera, focal_length_px
 from stages.distill.anchor import AnchorTarget
-from stages.distill.cameras import Rays
+from stages.distill.cameras import Rays, pixel_directions
 from stages.distill.config import DistillConfig
 
 __all__ = ["ReconstructionRays", "ReconstructionBatch", "build_reconstruction", "reconstruction_loss"]
@@ -62,8 +62,8 @@ class ReconstructionRays:
             )
         self.num_cameras, self.num_frames, self.size, self.pixels = num_cams, num_frames, size, size * size
         self.jitter = jitter
-        # Per camera: c2w rotation (A, 3, 3), position (A, 3) and focal length in pixels (A,); a ray's direction is
-        # camera_rays' formula at the pixel's centre, or at a random point of the pixel with jitter.
+        # Per camera: c2w rotation (A, 3, 3), position (A, 3) and focal length in pixels (A,): a ray goes through its
+        # pixel's centre, or a random point of the pixel with jitter.
         c2w = torch.tensor([c.c2w for c in cameras], dtype=torch.float32, device=device)
         self.rotations, self.positions = c2w[:, :3, :3], c2w[:, :3, 3].contiguous()
         self.focals = torch.tensor([focal_length_px(c.fov_y_deg, size) for c in cameras], device=device)
@@ -84,15 +84,9 @@ class ReconstructionRays:
         camera = (index % per_frame) // self.pixels
         pixel = index % self.pixels
         frame = index // per_frame
-        # camera_rays' directions, ((i + u − W/2)/f, −(j + v − H/2)/f, −1) rotated by the c2w and normalised; u = v = ½
-        # is the pixel's centre.
-        row, col = (pixel // self.size).float(), (pixel % self.size).float()
-        half, focal = self.size / 2, self.focals[camera]
-        local = torch.stack(
-            [(col + offsets[:, 0] - half) / focal, -(row + offsets[:, 1] - half) / focal, -torch.ones_like(col)], -1
-        )
-        directions = torch.einsum("nij,nj->ni", self.rotations[camera], local)
-        directions = directions / directions.norm(dim=-1, keepdim=True)
+        x = (pixel % self.size).float() + offsets[:, 0]  # offsets ½: the pixel's centre, as camera_rays
+        y = (pixel // self.size).float() + offsets[:, 1]
+        directions = pixel_directions(self.rotations[camera], self.focals[camera], self.size, x, y)
         return ReconstructionBatch(
             rays=Rays(self.positions[camera], directions),
             times=self.times[frame],
