@@ -98,8 +98,9 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 EXTRAS = PROJECT["optional-dependencies"]
 PIP_STAGES = ("preprocess", "mvgen", "distill", "eval")
 """Stages whose image installs the project with its extra (render: its own requirements.txt, bpy needs numpy<2)."""
-OPTIONAL_IMPORTS = {"rembg", "onnxruntime", "tinycudann", "triton", "psutil"}
-"""Imported only when a config asks for them: the rembg extra, docker/tcnn, the CUDA torch wheel's own triton; psutil
+OPTIONAL_IMPORTS = {"rembg", "onnxruntime", "tinycudann", "triton", "psutil", "gsplat"}
+"""Imported only when a config asks for them: the rembg extra, docker/tcnn, the CUDA torch wheel's own triton, gsplat
+(`gaussians.backend: gsplat`, installed by hand on a CUDA machine: stages/distill/README.md); psutil
 only under `dvc repro` (a dependency of DVC, which the images do not carry: stages/common/pipeline_run.py)."""
 TRANSITIVE_PINS = {"scipy"}
 """Pinned in an extra for reproducible images though the stage imports it only through another package."""

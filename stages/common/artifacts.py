@@ -267,14 +267,17 @@ class DistillManifest(Manifest):
     """`DynamicNeRFField` state dict (hash grids in tiny-cuda-nn's parameter layout, both backends load it)."""
     field_config_file: str = "field_config.json"
     """The field's constructor keyword arguments (`_class_name` plus the hash grid and MLP settings)."""
-    occupancy_file: str = "occupancy.safetensors"
-    """The occupancy grid shared over time (`occupancy`, `binary`, resolution³ cells, x-major)."""
+    occupancy_file: str | None = "occupancy.safetensors"
+    """The occupancy grid shared over time (`occupancy`, `binary`, resolution³ cells, x-major); None for Gaussians."""
     preview_file: str = "preview.mp4"
     """Orbit-over-time preview on white (for people; no stage reads it)."""
     train_log_file: str = "train_log.jsonl"
     """The losses of every `log_every_steps`-th step, one JSON object a line (`step`, `loss/…`, `psnr/anchor`)."""
     hash_backend: Literal["torch", "tcnn", "triton"]
-    """Hash grid implementation that trained the field."""
+    """Hash grid implementation that trained the field (the config's, also for Gaussians, which use none)."""
+    representation: Literal["nerf", "gaussians"] = "nerf"
+    """The field: the paper's dynamic NeRF, or 4D Gaussians (ours; `field_file` then holds their parameters and
+    `field_config_file` says `"_class_name": "GaussianField4D"`, stages/distill/gaussians/field.py)."""
     num_steps: int
     """Optimisation steps run."""
     prompt: str | None

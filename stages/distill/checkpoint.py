@@ -15,12 +15,11 @@ from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from stages.common.config import config_sha256
 from stages.common.errors import StageError
 from stages.distill.config import DistillConfig
-from stages.distill.fields import DynamicNeRFField
 from stages.distill.renderer import OccupancyGrid
 
 __all__ = [
@@ -42,11 +41,11 @@ CHECKPOINT_FORMAT = "fourd.distill.ckpt/v2"
 
 
 class Resumable(Protocol):
-    """What a checkpoint holds (`Trainer`)."""
+    """What a checkpoint holds (`Trainer`, or `GaussianTrainer`: its Gaussians as the field, no occupancy grid)."""
 
     config: DistillConfig
-    field: DynamicNeRFField
-    occupancy: OccupancyGrid
+    field: nn.Module
+    occupancy: OccupancyGrid | None
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     step: int
@@ -54,13 +53,18 @@ class Resumable(Protocol):
 
 def state_tensors(trainer: Resumable) -> dict[str, Tensor]:
     """Everything a resume needs, as a flat name → tensor mapping (safetensors, no pickles)."""
-    state = {f"field.{k}": v for k, v in trainer.field.state_dict().items()}
-    state.update({f"occupancy.{k}": v for k, v in trainer.occupancy.state_dict().items()})
+    state = {f"{prefix}{k}": v for prefix, module in _modules(trainer) for k, v in module.state_dict().items()}
     for index, param_state in trainer.optimizer.state_dict()["state"].items():
         for key, value in param_state.items():
             state[f"optimizer.{index}.{key}"] = value.reshape(-1) if value.ndim == 0 else value
     state["rng.cpu"] = trainer.generator.get_state()
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _modules(trainer: Resumable) -> list[tuple[str, nn.Module]]:
+    """The modules a checkpoint holds, by key prefix: the field, and the occupancy grid when there is one."""
+    found: list[tuple[str, nn.Module]] = [("field.", trainer.field)]
+    return found + ([("occupancy.", trainer.occupancy)] if trainer.occupancy is not None else [])
 
 
 class StaleCheckpoint(StageError):
@@ -122,15 +126,13 @@ def load_checkpoint(trainer: Resumable, path: Path, *, inputs_sha256: str = "") 
         raise StaleCheckpoint(f"{path}: written with another config")
     if meta.get("inputs_sha256") != inputs_sha256:
         raise StaleCheckpoint(f"{path}: written from other inputs (their content hash differs)")
-    for prefix, module in (("field.", trainer.field), ("occupancy.", trainer.occupancy)):
+    for prefix, module in _modules(trainer):
         want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         got = {k[len(prefix) :]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
         if want != got:
             raise StaleCheckpoint(f"{path}: its {prefix[:-1]} layout differs from the configured one")
-    trainer.field.load_state_dict({k[len("field.") :]: v for k, v in state.items() if k.startswith("field.")})
-    trainer.occupancy.load_state_dict(
-        {k[len("occupancy.") :]: v for k, v in state.items() if k.startswith("occupancy.")}
-    )
+    for prefix, module in _modules(trainer):
+        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     template = trainer.optimizer.state_dict()
     params: dict[int, dict[str, Tensor]] = {}
     for key, value in state.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stages.common.config import StageConfig, SubConfig
 from stages.distill.schedules import LinearSchedule, ResolutionSchedule
@@ -20,6 +20,7 @@ __all__ = [
     "MeshConfig",
     "DistillRuntime",
     "ReconstructionConfig",
+    "GaussianConfig",
     "OFFICIAL_SDS_NEGATIVE_PROMPT",
 ]
 
@@ -34,6 +35,9 @@ OFFICIAL_SDS_NEGATIVE_PROMPT = (
 class FieldConfig(SubConfig):
     """f(x, t) = HashGrid3D(x) + HashGrid4D(x, t), two bias-free MLPs (spec §4.1, paper Table 3)."""
 
+    representation: Literal["nerf", "gaussians"] = "nerf"
+    """`nerf`: the paper's dynamic NeRF (this section, `renderer`). `gaussians` (ours): 4D Gaussians rasterised as
+    whole images (`gaussians`; the hash grid keys and `renderer` are then unused)."""
     backend: Literal["torch", "tcnn", "triton"] = "torch"
     """Hash grid implementation, all with the same parameters and numbers: `torch` (any device), `tcnn` (tinycudann,
     CUDA, built from source) or `triton` (our fused kernels on CUDA; falls back to the torch path on CPU)."""
@@ -187,11 +191,38 @@ class ReconstructionConfig(SubConfig):
 
     rays_per_step: int = Field(0, ge=0)
     """Rays drawn per step over every anchor view × frame × pixel; 0 turns the term off (the paper's recipe). Its
-    weights are `loss_weights.reconstruction_rgb` and `loss_weights.reconstruction_mask`."""
+    weights are `loss_weights.reconstruction_rgb` and `loss_weights.reconstruction_mask`. Gaussians render whole
+    images instead: rays_per_step / (anchor size)² random (view, frame) images a step, at least one."""
     jitter: bool = False
     """Each ray goes through a uniformly random point of its pixel instead of the pixel's centre, so the field is
     fitted to what a pixel averages over its area rather than to one point of it: renders at a finer resolution than
     the anchor videos then interpolate between pixels instead of repeating each pixel's centre sample."""
+
+
+class GaussianConfig(SubConfig):
+    """Ours, used when `field.representation` is `gaussians` (stages/distill/gaussians/): N Gaussians whose centres
+    move along a polynomial in t, started in the anchor masks' visual hull; Adam with 3DGS's per-group rates, all
+    decaying by `optimizer.final_lr_factor` (`optimizer.betas`/`eps` apply; no weight decay)."""
+
+    backend: Literal["torch", "gsplat"] = "torch"
+    """Rasteriser: `torch` (our dense reference, any device: the CPU path) or `gsplat` (gsplat 1.5.3's CUDA kernels,
+    installed separately: `pip install gsplat==1.5.3`); the same images (tests/distill/test_gaussians_gsplat.py)."""
+    num_gaussians: int = Field(16384, ge=1)
+    """Number of Gaussians N (fixed: no densification)."""
+    motion_degree: int = Field(2, ge=0, le=3)
+    """K of the centres' motion μ0 + Σ_k c_k t^k (0: static; gaussians/field.py says why low)."""
+    means_lr: float = Field(2e-3, gt=0.0)
+    """Rate of the centres, times `field.bbox_radius` (3DGS scales it by the scene's extent)."""
+    motion_lr: float = Field(2e-3, gt=0.0)
+    """Rate of the motion coefficients, times `field.bbox_radius` (they are offsets of the centres)."""
+    scales_lr: float = Field(5e-3, gt=0.0)
+    """Rate of the log standard deviations (3DGS 0.005)."""
+    quats_lr: float = Field(1e-3, gt=0.0)
+    """Rate of the rotation quaternions (3DGS 0.001)."""
+    opacity_lr: float = Field(5e-2, gt=0.0)
+    """Rate of the opacity logits (3DGS 0.05)."""
+    colour_lr: float = Field(1e-2, gt=0.0)
+    """Rate of the colour logits (DreamGaussian's 0.01 for its colours)."""
 
 
 class DistillRuntime(SubConfig):
@@ -247,6 +278,8 @@ class DistillConfig(StageConfig):
     """The reconstruction term (ours; off in the paper's recipe)."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """AdamW settings."""
+    gaussians: GaussianConfig = GaussianConfig()
+    """The 4D Gaussians (ours), when `field.representation` is `gaussians`."""
     output_size_px: int = Field(256, ge=8)
     """Side of the written renders (eval views, input view, preview), pixels."""
     preview_segments: int = Field(8, ge=1)
@@ -269,3 +302,18 @@ class DistillConfig(StageConfig):
     """Where to run; `cuda` without a GPU is an error."""
     runtime: DistillRuntime = DistillRuntime()
     """Memory and speed knobs (`DistillRuntime`): from `--runtime`, never from the stage's config file."""
+
+    @model_validator(mode="after")
+    def _gaussians_have_no_density(self) -> DistillConfig:
+        """A Gaussian field has no density field: no marching-cubes meshes, no analytic normals to orient."""
+        if self.field.representation == "gaussians":
+            if self.mesh.enabled:
+                raise ValueError(
+                    "mesh.enabled needs field.representation nerf (a Gaussian field has no density to mesh)"
+                )
+            if max(self.loss_weights.orient.start_value, self.loss_weights.orient.end_value) > 0:
+                raise ValueError(
+                    "loss_weights.orient needs field.representation nerf (Gaussians have no density "
+                    "normals): set its start_value and end_value to 0"
+                )
+        return self

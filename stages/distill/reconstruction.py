@@ -21,7 +21,13 @@ from stages.distill.anchor import AnchorTarget
 from stages.distill.cameras import Rays, pixel_directions
 from stages.distill.config import DistillConfig
 
-__all__ = ["ReconstructionRays", "ReconstructionBatch", "build_reconstruction", "reconstruction_loss"]
+__all__ = [
+    "ReconstructionRays",
+    "ReconstructionBatch",
+    "build_reconstruction",
+    "reconstruction_loss",
+    "pixel_reconstruction_loss",
+]
 
 
 @dataclass
@@ -99,8 +105,16 @@ def reconstruction_loss(
     rgb: Tensor, opacity: Tensor, batch: ReconstructionBatch, rgb_weight: float, mask_weight: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The weighted term of a batch's renders, rgb (N, 3) on white and opacity (N,), and its logged parts."""
-    rgb_mse = (rgb - batch.rgb).pow(2).mean()
-    mask_mse = (opacity - batch.mask).pow(2).mean()
+    return pixel_reconstruction_loss(rgb, opacity, batch.rgb, batch.mask, rgb_weight, mask_weight)
+
+
+def pixel_reconstruction_loss(
+    rgb: Tensor, opacity: Tensor, target_rgb: Tensor, target_mask: Tensor, rgb_weight: float, mask_weight: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The term on any rendered pixels: rgb (N, 3) on white vs `target_rgb` (N, 3), opacity (N,) vs the foreground
+    `target_mask` (N,); the weighted sum and the logged parts (the Gaussian path renders whole images)."""
+    rgb_mse = (rgb - target_rgb).pow(2).mean()
+    mask_mse = (opacity - target_mask).pow(2).mean()
     parts = {
         "loss/reconstruction_rgb": rgb_mse.detach(),
         "loss/reconstruction_mask": mask_mse.detach(),

@@ -31,6 +31,7 @@ from stages.common.seeding import deterministic_algorithms, make_generator, seed
 from stages.common.tracking import stage_run
 from stages.distill.config import DistillConfig
 from stages.distill.export import export_meshes, orbit_trajectory, render_rgba, require_mesh_libraries, save_field
+from stages.distill.gaussians import GaussianTrainer, save_gaussians
 from stages.distill.guidance import FourDMGuidance
 from stages.distill.losses import anchor_target, load_anchor_lpips
 from stages.distill.trainer import AnchorTarget, Trainer, build_field, field_kwargs
@@ -55,7 +56,7 @@ def run(
     lpips_dir: Path,
     output_dir: Path,
     checkpoint_dir: Path | None = None,
-    on_step: Callable[[Trainer], None] | None = None,
+    on_step: Callable[[Trainer | GaussianTrainer], None] | None = None,
 ) -> DistillManifest:
     """Optimise the dynamic NeRF of one subject and render it; writes manifest.json last.
 
@@ -128,8 +129,13 @@ def run(
     )
 
     torch.manual_seed(config.seed)
-    field = build_field(config).to(device)
-    trainer = Trainer(config, field, anchor, guidance=guidance, conditioning=conditioning, lpips=lpips, device=device)
+    frozen = dict(guidance=guidance, conditioning=conditioning, lpips=lpips, device=device)
+    gaussians = config.field.representation == "gaussians"
+    trainer: Trainer | GaussianTrainer
+    if gaussians:  # ours: 4D Gaussians (stages/distill/gaussians/)
+        trainer = GaussianTrainer(config, anchor, **frozen)
+    else:
+        trainer = Trainer(config, build_field(config).to(device), anchor, **frozen)
     # Deterministic kernels (when asked) cover the optimisation and the renders, where scatter-adds live.
     with (
         deterministic_algorithms(config.deterministic),
@@ -194,7 +200,12 @@ def run(
         manifest_fields = DistillManifest.model_fields
         with staged_output_dir(output_dir) as tmp:
             dump_config(config, tmp / CONFIG_FILE)
-            files = [CONFIG_FILE, *save_field(tmp, field, field_kwargs(config), trainer.occupancy)]
+            if isinstance(trainer, GaussianTrainer):
+                names = (manifest_fields["field_file"].default, manifest_fields["field_config_file"].default)
+                saved = save_gaussians(tmp, trainer.field, *names)
+            else:
+                saved = save_field(tmp, trainer.field, field_kwargs(config), trainer.occupancy)
+            files = [CONFIG_FILE, *saved]
             train_log_file = manifest_fields["train_log_file"].default
             write_train_log(tmp / train_log_file, train_log)
             files.append(train_log_file)
@@ -233,10 +244,10 @@ def run(
             write_preview_video(tmp / preview_file, preview, mvgen.fps or 8.0)
             files.append(preview_file)
             meshes = None
-            if config.mesh.enabled:
+            if config.mesh.enabled and isinstance(trainer, Trainer):  # the config refuses meshes of Gaussians
                 meshes = export_meshes(
                     tmp,
-                    field,
+                    trainer.field,
                     [float(t) for t in trainer.times],
                     resolution=config.mesh.resolution,
                     threshold=config.mesh.threshold,
@@ -251,6 +262,8 @@ def run(
                 upstream={"mvgen": mvgen.sha256(input_dir), "preprocess": source.sha256(preprocess_dir)},
                 renders=renders,
                 hash_backend=config.field.backend,
+                representation=config.field.representation,
+                occupancy_file=None if gaussians else manifest_fields["occupancy_file"].default,
                 num_steps=trainer.step,
                 prompt=prompt,
                 fps=mvgen.fps,
@@ -297,7 +310,9 @@ def _eval_cameras(config: DistillConfig) -> list[OrbitCamera]:
     ]
 
 
-def _render(trainer: Trainer, camera: OrbitCamera, frame: int, size: int) -> np.ndarray:
+def _render(trainer: Trainer | GaussianTrainer, camera: OrbitCamera, frame: int, size: int) -> np.ndarray:
+    if isinstance(trainer, GaussianTrainer):
+        return trainer.render_rgba(camera, float(trainer.times[frame]), size)
     r = trainer.config.renderer
     return render_rgba(
         trainer.field,
