@@ -11,6 +11,9 @@ records how far it got. The mvgen views' own scores at the 4 GT cameras are the 
 `--oracle-size N` replaces the mvgen artifact by the ground truth's own 4 views at N px ("oracle mvgen"): the field is
 then fitted to known answers and must reproduce them.
 
+A recipe may be the 4D Gaussians (ours, `field.representation: gaussians`): e.g. `--recipe
+gaussians=configs/demo-gpu/distill_gaussians.yaml` beside the NeRF recipes; the observer renders either trainer.
+
     python benchmarks/distill_quality.py --subject fox --preprocess data/demo/preprocess/fox \\
         --mvgen data/demo/mvgen/fox --ground-truth examples/fox/render --novel-ground-truth data/render/fox_novel \\
         --weights weights/demo/fourdm --recipe fast=configs/fast-demo/distill.yaml \\
@@ -46,6 +49,7 @@ from stages.common.config import load_config_data, validate_config  # noqa: E402
 from stages.common.image_io import VIEW_FRAME_TEMPLATE, composite_on_white, read_rgba, write_rgba  # noqa: E402
 from stages.distill import DistillConfig  # noqa: E402
 from stages.distill import run as run_distill  # noqa: E402
+from stages.distill.gaussians import GaussianTrainer  # noqa: E402
 from stages.distill.trainer import Trainer  # noqa: E402
 from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim  # noqa: E402
 
@@ -101,7 +105,9 @@ def score(pred: np.ndarray, pred_alpha: np.ndarray, gt: GroundTruth, views: list
     return out
 
 
-def render_views(trainer: Trainer, cameras: list[OrbitCamera], size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_views(
+    trainer: Trainer | GaussianTrainer, cameras: list[OrbitCamera], size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(V, F, size, size, 3) uint8 on white and (V, F, size, size) uint8 opacity of every camera × frame."""
     rgb, alpha = [], []
     with torch.no_grad():
@@ -173,7 +179,7 @@ def run_recipe(name: str, config: DistillConfig, args: argparse.Namespace, gt: G
     novel = list(range(4, len(gt.cameras)))
     finals: dict[str, np.ndarray] = {}
 
-    def observe(trainer: Trainer) -> None:
+    def observe(trainer: Trainer | GaussianTrainer) -> None:
         nonlocal observed
         last = trainer.step == config.num_steps
         train_s = time.perf_counter() - start - observed
