@@ -44,11 +44,15 @@ class Resumable(Protocol):
     """What a checkpoint holds (`Trainer`, or `GaussianTrainer`: its Gaussians as the field, no occupancy grid)."""
 
     config: DistillConfig
-    field: nn.Module
-    occupancy: OccupancyGrid | None
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     step: int
+
+    @property
+    def field(self) -> nn.Module: ...  # read-only members: the trainers' own types are narrower
+
+    @property
+    def occupancy(self) -> OccupancyGrid | None: ...
 
 
 def state_tensors(trainer: Resumable) -> dict[str, Tensor]:
