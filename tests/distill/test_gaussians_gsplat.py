@@ -16,6 +16,7 @@ from tests.distill.test_gaussians import fit_config, truth_anchor
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.timeout(1200),  # the first gsplat call compiles its CUDA kernels
     pytest.mark.skipif(
         not torch.cuda.is_available() or importlib.util.find_spec("gsplat") is None,
         reason="needs CUDA and gsplat==1.5.3",
