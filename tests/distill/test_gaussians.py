@@ -14,6 +14,7 @@ from stages.distill.anchor import AnchorTarget
 from stages.distill.cameras import camera_rays
 from stages.distill.gaussians import GaussianField4D, GaussianTrainer, camera_matrices, rasterize_torch
 from stages.distill.gaussians.gsplat_backend import require_gsplat
+from stages.distill.gaussians.init import visual_hull_init
 from stages.distill.gaussians.rasterize import ALPHA_MIN
 from stages.distill.schedules import LinearSchedule
 from tests.distill.tiny import tiny_distill_config
@@ -251,3 +252,29 @@ def test_a_resumed_run_continues_bit_identically(tmp_path):
 def test_the_gsplat_backend_says_what_it_needs():
     with pytest.raises(StageError, match="needs CUDA"):
         require_gsplat(CPU)
+
+
+def test_without_masks_the_gaussians_start_in_the_blob_sphere():
+    anchor = truth_anchor()
+    start = visual_hull_init(
+        500,
+        masks=None,
+        videos=anchor.videos(),
+        cameras=anchor.cameras,
+        bbox_radius=0.3,
+        blob_radius=0.2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    radii = start.means.norm(dim=-1)
+    assert not start.from_hull and radii.max() <= 0.2 and radii.min() < 0.1  # filled, not a shell
+    empty = torch.zeros_like(anchor.masks)  # masks that cover nothing: no hull either
+    again = visual_hull_init(
+        500,
+        masks=empty,
+        videos=anchor.videos(),
+        cameras=anchor.cameras,
+        bbox_radius=0.3,
+        blob_radius=0.2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert not again.from_hull and again.means.norm(dim=-1).max() <= 0.2
