@@ -107,6 +107,8 @@ class GaussianTrainer:
         self.rasterize = rasterize_gsplat if g.backend == "gsplat" else rasterize_torch
         self.config, self.anchor, self.device = config, anchor, device
         self.guidance, self.conditioning, self.lpips = guidance, conditioning, lpips
+        if guidance is not None and config.runtime.offload_encoders:
+            guidance.offload_encoders()  # as the NeRF trainer: SDS needs only the UNet and the VAE from here on
         self.num_frames = anchor.frames.shape[0]
         self.times = torch.linspace(0.0, 1.0, self.num_frames)
         self.generator = torch.Generator().manual_seed(config.seed)
