@@ -2,8 +2,8 @@
 
     python benchmarks/train_scaling.py --data /tmp/demo-renders --gpus 1 2 --json out/train_scaling.json
 
-Each case trains with `python -m stages.mvgen.training` under `torch.distributed.run --standalone` at the same
-global batch on 1 and on N GPUs (N GPUs: no gradient accumulation; 1 GPU: N-fold accumulation). The trainer draws
+Each case trains with `python -m stages.mvgen.training` (N GPUs: under `torch.distributed.run --standalone`) at the
+same global batch on 1 and on N GPUs (N GPUs: no gradient accumulation; 1 GPU: N-fold accumulation). The trainer draws
 micro-batch k of a global batch identically whichever rank runs it, so the loss curves should agree up to float
 non-determinism; the clips per second give the scaling efficiency.
 
@@ -144,7 +144,9 @@ def train(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(nested(config)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus)]
+    # One process needs no launcher: with WORLD_SIZE unset the trainer takes the same single-process path.
+    cmd = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [] if gpus == 1 else ["--nproc_per_node", str(gpus)]
     cmd += ["-m", "stages.mvgen.training", "--config", str(run_dir / "config.yaml"), "--data", str(data)]
     cmd += ["--weights", str(weights), "--output", str(run_dir / "out")]
     env = {**os.environ, "FOURD_TRACKING": "off", "OMP_NUM_THREADS": "4"}

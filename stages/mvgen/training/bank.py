@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,9 @@ class ClipBank:
     def index(self, clip: int, view: int, frame: int) -> int:
         return self.offsets[clip] + view * self.num_frames[clip] + frame
 
+    @cached_property
     def table(self) -> ClipTable:
+        """The sampler's view of the clips (`windows.ClipTable`)."""
         return ClipTable(self.num_frames, self.num_views, self.subjects, self.names)
 
 
@@ -121,7 +124,7 @@ def load_clip_bank(data_dir: Path, size_px: int, min_frames: int, threads: int =
 
 def sample_windows(bank: ClipBank, batch: int, spec: WindowSpec, generator: torch.Generator) -> Windows:
     """Draw `batch` windows (`windows.draw_window`, all randomness from the CPU `generator`) as image indices."""
-    table = bank.table()
+    table = bank.table
     views = np.zeros((batch, spec.num_frames, 4), np.int64)
     condition = np.zeros((batch, spec.num_frames), np.int64)
     cameras = np.zeros((batch, 5, 16), np.float32)

@@ -209,7 +209,9 @@ def load_trained_vae(pipe: FourDMPipeline, folder: Path, dtype: torch.dtype) -> 
     try:
         pipe.vae.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(weights)).items()})
     except RuntimeError as err:
-        raise StageError(f"vae_phase.reuse {folder}: {weights.name} does not match the configured VAE ({err})") from None
+        raise StageError(
+            f"vae_phase.reuse {folder}: {weights.name} does not match the configured VAE ({err})"
+        ) from None
     round_to(pipe.vae, dtype)
     scaling = float(theirs["scaling_factor"])
     pipe.vae.register_to_config(scaling_factor=scaling)

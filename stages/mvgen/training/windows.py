@@ -13,6 +13,7 @@ The draw order (every draw from the one CPU generator): [focus: rand] → clip (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -30,7 +31,9 @@ class ClipTable:
     subjects: list[int]
     names: list[str]
 
+    @cached_property
     def by_subject(self) -> list[list[int]]:
+        """The clips of each subject, subjects in index order."""
         return [[c for c, s in enumerate(self.subjects) if s == k] for k in range(max(self.subjects) + 1)]
 
 
@@ -104,7 +107,7 @@ def draw_window(clips: ClipTable, spec: WindowSpec, generator: torch.Generator, 
     if focus:
         c = spec.focus_clip
     elif spec.balance == "subject":
-        group = (groups := clips.by_subject())[_randint(len(groups), generator)]
+        group = clips.by_subject[_randint(len(clips.by_subject), generator)]
         c = group[_randint(len(group), generator)]
     else:
         c = _randint(len(clips.num_frames), generator)
