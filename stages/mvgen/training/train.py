@@ -33,6 +33,7 @@ from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.common.tracking import Tracker, stage_run
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
+from stages.mvgen.training import PROCESS_START
 from stages.mvgen.training.bank import load_clip_bank
 from stages.mvgen.training.batches import DiskBatches, MemoryBatches, build_caches
 from stages.mvgen.training.build import DTYPES, build_pipeline, round_to
@@ -55,10 +56,7 @@ from stages.mvgen.training.report import LOG_FILE, SUMMARY, TrainLog, write_repo
 from stages.mvgen.training.samples import write_sample_grid, write_samples, write_vae_samples
 from stages.mvgen.training.vae_phase import fit_scaling_factor, latent_statistics, train_vae
 
-__all__ = ["PROCESS_START", "run"]
-
-PROCESS_START = time.monotonic()
-"""`schedule.minutes` counts from here (the process's first import of the trainer)."""
+__all__ = ["run"]
 
 log = logging.getLogger(__name__)
 
