@@ -1,12 +1,12 @@
 """Time one training step of the demo 4DM (VAE phase and UNet phase) at several batch sizes, on synthetic data.
 
-    python benchmarks/demo_model_step.py --config configs/demo/demo_model.yaml --batches 16 32 64 \
+    python benchmarks/demo_model_step.py --config configs/demo/train_fourdm.yaml --batches 16 32 64 \
         --json out/demo_model_step.json [--profile 32]
 
-The same model and the same step functions as `stages.mvgen.training.demo_model` (random weights and images:
-timing does not depend on the values): a VAE step on `vae_batch_size` images and a UNet step (eq. 7 forward,
-backward, clip, AdamW, EMA) on B windows of 8 frames × 5 slots. Prints a table and writes JSON with the device and
-versions; `--profile B` adds torch.profiler's top CUDA kernels of one UNet step at batch B.
+The same model and the same step functions as `python -m stages.mvgen.training` with the demo config (random
+weights and images: timing does not depend on the values): a VAE step on `vae_phase.batch_size` images and a UNet
+step (eq. 7 forward, backward, clip, AdamW, EMA) on B windows of 8 frames × 5 slots. Prints a table and writes JSON
+with the device and versions; `--profile B` adds torch.profiler's top CUDA kernels of one UNet step at batch B.
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ import numpy as np
 import torch
 
 from stages.common.config import load_config
-from stages.mvgen.training.demo_build import build_pipeline
-from stages.mvgen.training.demo_config import DemoModelConfig
-from stages.mvgen.training.demo_data import ClipBank
-from stages.mvgen.training.demo_phases import Caches, unet_step_loss, vae_loss
+from stages.mvgen.training.bank import ClipBank
+from stages.mvgen.training.batches import Caches, MemoryBatches
+from stages.mvgen.training.build import build_pipeline
+from stages.mvgen.training.config import TrainConfig
+from stages.mvgen.training.vae_phase import vae_loss
 
 
-def synthetic_bank(cfg: DemoModelConfig, clips: int = 4, views: int = 16, frames: int = 24) -> ClipBank:
+def synthetic_bank(cfg: TrainConfig, clips: int = 4, views: int = 16, frames: int = 24) -> ClipBank:
     n = clips * views * frames
     rng = np.random.default_rng(0)
     return ClipBank(
-        rgb=rng.integers(0, 256, (n, cfg.size_px, cfg.size_px, 3), dtype=np.uint8),
-        alpha=np.full((n, cfg.size_px, cfg.size_px), 255, np.uint8),
+        rgb=rng.integers(0, 256, (n, cfg.data.size_px, cfg.data.size_px, 3), dtype=np.uint8),
+        alpha=np.full((n, cfg.data.size_px, cfg.data.size_px), 255, np.uint8),
         names=[f"clip{c}" for c in range(clips)],
         captions=["a thing"] * clips,
         num_views=[views] * clips,
@@ -61,14 +62,16 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=Path("configs/demo/demo_model.yaml"))
+    p.add_argument("--config", type=Path, default=Path("configs/demo/train_fourdm.yaml"))
     p.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--profile", type=int, default=0, help="batch size to profile (0: none)")
     p.add_argument("--compile", action="store_true", help="time the UNet step through torch.compile")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
-    cfg = load_config(DemoModelConfig, a.config)
+    cfg = load_config(TrainConfig, a.config)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"focus_clip": "", "focus_fraction": 0.0})})
+    model = cfg.model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
@@ -81,30 +84,32 @@ def main() -> None:
     vae = pipe.vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
     rgb = torch.from_numpy(bank.rgb).to(device)
-    autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" and device.type == "cuda" else None
+    autocast = torch.bfloat16 if cfg.optim.mixed_precision == "bf16" and device.type == "cuda" else None
 
     def vae_step() -> None:
-        idx = torch.randint(rgb.shape[0], (cfg.vae_batch_size,), device=device)
+        idx = torch.randint(rgb.shape[0], (cfg.vae_phase.batch_size,), device=device)
         x = rgb[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            loss, _ = vae_loss(vae, x, torch.ones_like(x[:, :1]), cfg, torch.Generator(device).manual_seed(0))
+            loss, _ = vae_loss(
+                vae, x, torch.ones_like(x[:, :1]), cfg.vae_phase, torch.Generator(device).manual_seed(0)
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    rows[f"vae_step_b{cfg.vae_batch_size}_s"] = timed(vae_step, a.repeats, device)
+    rows[f"vae_step_b{cfg.vae_phase.batch_size}_s"] = timed(vae_step, a.repeats, device)
     vae.eval().requires_grad_(False)
 
     # UNet step on cached-latent stand-ins (the trainer's own loss function).
-    h = cfg.size_px // 2 ** (len(cfg.vae.block_out_channels) - 1)
+    h = cfg.data.size_px // 2 ** (len(model.vae.block_out_channels) - 1)
     n = len(bank.rgb)
     caches = Caches(
-        mean=torch.randn(n, cfg.vae.latent_channels, h, h, device=device),
-        std=torch.full((n, cfg.vae.latent_channels, h, h), 0.1, device=device),
+        mean=torch.randn(n, model.vae.latent_channels, h, h, device=device),
+        std=torch.full((n, model.vae.latent_channels, h, h), 0.1, device=device),
         tokens=torch.randn(
-            n, (cfg.size_px // cfg.image_patch_px) ** 2 + 1, cfg.image_encoder.hidden_size, device=device
+            n, (cfg.data.size_px // model.image_patch_px) ** 2 + 1, model.image_encoder.hidden_size, device=device
         ),
-        text=torch.randn(2, 77, cfg.text_encoder.hidden_size, device=device),
+        text=torch.randn(2, 77, model.text_encoder.hidden_size, device=device),
     )
     unet = pipe.unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
@@ -112,17 +117,18 @@ def main() -> None:
     params = dict(unet.named_parameters())
     denoiser = torch.compile(unet) if a.compile else unet
     for batch in a.batches:
-        run_cfg = cfg.model_copy(update={"batch_size": batch})
+        sched = cfg.schedule.model_copy(update={"batch_size": batch, "micro_batch_size": batch})
+        batches = MemoryBatches(pipe, bank, caches, cfg.model_copy(update={"schedule": sched}))
         counter = iter(range(10**9))
         if a.compile:
             t0 = time.perf_counter()
-            unet_step_loss(pipe, bank, caches, run_cfg, 0, denoiser).backward()
+            batches.loss(0, 0, denoiser).backward()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rows[f"compile_b{batch}_s"] = time.perf_counter() - t0
 
-        def unet_step(run_cfg=run_cfg, counter=counter) -> None:
-            loss = unet_step_loss(pipe, bank, caches, run_cfg, next(counter), denoiser)
+        def unet_step(batches=batches, counter=counter) -> None:
+            loss = batches.loss(next(counter), 0, denoiser)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

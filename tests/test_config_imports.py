@@ -27,7 +27,10 @@ for stage in stages:
         for runtime in Path("configs").glob("**/runtime.yaml"):
             if "runtime" in cls.model_fields:
                 load_runtime(cls, runtime, stage)
-assert main(["show", "configs/demo/distill.yaml", "configs/tiny/mvgen.yaml"]) == 0
+from stages.mvgen.training import TrainConfig
+for path in [Path("configs/train_fourdm.yaml"), *Path("configs").glob("*/train_fourdm*.yaml")]:
+    load_config(TrainConfig, path)
+assert main(["show", "configs/demo/distill.yaml", "configs/tiny/mvgen.yaml", "configs/demo/train_fourdm.yaml"]) == 0
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -42,7 +45,7 @@ def test_reading_and_showing_every_config_imports_no_model_code():
     )
     assert proc.returncode == 0, proc.stderr
     modules = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {f"stages.{s}.config" for s in STAGES} <= set(modules)
+    assert {f"stages.{s}.config" for s in STAGES} | {"stages.mvgen.training.config"} <= set(modules)
     loaded = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
     assert not loaded, f"reading configs imported {loaded}"
 

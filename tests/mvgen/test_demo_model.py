@@ -1,4 +1,5 @@
-"""The demo model: window sampling, VAE loss, checkpoints, the end-to-end tiny run, its export and resume."""
+"""The demo recipe of the trainer (a built model, in-memory windows): window sampling, VAE loss, checkpoints, the
+end-to-end tiny run, its export and resume."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from stages.common.cameras import fourdm_camera_vectors
-from stages.common.config import load_config
 from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import COMPONENTS, load_fourdm, official_scheduler
+from stages.mvgen.training import TrainConfig, run
+from stages.mvgen.training.bank import load_clip_bank, sample_windows
+from stages.mvgen.training.build import build_pipeline
 from stages.mvgen.training.camera_check import main as camera_check_main
-from stages.mvgen.training.demo_build import build_pipeline
-from stages.mvgen.training.demo_checkpoint import (
+from stages.mvgen.training.checkpoint import (
     CHECKPOINT,
     EXPORT,
     TrainState,
@@ -26,11 +27,10 @@ from stages.mvgen.training.demo_checkpoint import (
     load_trained_vae,
     save_checkpoint,
 )
-from stages.mvgen.training.demo_config import DemoModelConfig
-from stages.mvgen.training.demo_data import clip_stride, front_view, load_clip_bank, sample_windows
-from stages.mvgen.training.demo_model import main, run
-from stages.mvgen.training.demo_phases import vae_loss
+from stages.mvgen.training.cli import main, parse_config
 from stages.mvgen.training.synthetic_ring import write_ring_artifact
+from stages.mvgen.training.vae_phase import vae_loss
+from stages.mvgen.training.windows import WindowSpec, clip_stride, front_view
 
 REPO = Path(__file__).resolve().parents[2]
 PX = 16
@@ -59,8 +59,18 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(**update) -> DemoModelConfig:
-    return load_config(DemoModelConfig, REPO / "configs/tiny/demo_model.yaml").model_copy(update=update)
+def tiny_config(*sets: str) -> TrainConfig:
+    """configs/tiny/train_fourdm_demo.yaml with `section.key=value` overrides (as `--set` on the command line)."""
+    return parse_config(REPO / "configs/tiny/train_fourdm_demo.yaml", list(sets))
+
+
+def spec(num_frames: int = 4, **kw) -> WindowSpec:
+    """The demo recipe's windows: subject-balanced, the largest stride ≤ 3 that fits."""
+    return WindowSpec(num_frames, 3, "largest_fitting", "subject", **kw)
+
+
+def all_params(pipe) -> dict:
+    return dict(pipe.unet.named_parameters())
 
 
 def decode(bank, index: int) -> tuple[int, int]:
@@ -76,7 +86,7 @@ def test_clip_stride_is_the_largest_that_fits():
 def test_windows_have_orthogonal_views_strided_frames_and_relative_cameras(data):
     bank = load_clip_bank(data, PX, 4)
     assert bank.subject_captions == ["a ball", "a cube"] and len(bank.rgb) == 8 * (24 + 10 + 10 + 16)
-    w = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(0), time_reversal=True)
+    w = sample_windows(bank, 200, spec(time_reversal=True), torch.Generator().manual_seed(0))
     reversed_count = 0
     for i in range(200):
         c = int(w.clips[i])
@@ -97,14 +107,16 @@ def test_windows_have_orthogonal_views_strided_frames_and_relative_cameras(data)
         assert bank.subject_captions[int(w.captions[i])] == bank.captions[c]
     assert 60 < reversed_count < 140
     # Subject-balanced: the single-clip subject gets half the windows, not a quarter.
-    counts = Counter(int(x) for x in sample_windows(bank, 2000, 4, 3, torch.Generator().manual_seed(1)).captions)
+    counts = Counter(int(x) for x in sample_windows(bank, 2000, spec(), torch.Generator().manual_seed(1)).captions)
     assert abs(counts[0] / 2000 - 0.5) < 0.04
 
 
 def test_focus_windows_are_the_demo_setup_at_the_requested_rate(data):
     bank = load_clip_bank(data, PX, 4)
     focus = bank.names.index("ball-a")
-    w = sample_windows(bank, 1000, 4, 3, torch.Generator().manual_seed(2), True, focus, 0.75)
+    w = sample_windows(
+        bank, 1000, spec(time_reversal=True, focus_clip=focus, focus_fraction=0.75), torch.Generator().manual_seed(2)
+    )
     front = front_view(8)
     assert front == 4  # the ring view at azimuth 0: −180° + 45°·4
     picked = [i for i in range(1000) if int(w.clips[i]) == focus]
@@ -124,8 +136,8 @@ def test_focus_windows_are_the_demo_setup_at_the_requested_rate(data):
 
 def test_front_view_only_windows_keep_the_draws_and_condition_on_the_front(data):
     bank = load_clip_bank(data, PX, 4)
-    plain = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True)
-    front = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True, front_view_only=True)
+    plain = sample_windows(bank, 200, spec(time_reversal=True), torch.Generator().manual_seed(3))
+    front = sample_windows(bank, 200, spec(time_reversal=True, front_view_only=True), torch.Generator().manual_seed(3))
     assert torch.equal(front.clips, plain.clips) and torch.equal(front.captions, plain.captions)
     want = fourdm_camera_vectors([0.0, 90.0, 180.0, 270.0], 0.0)
     for i in range(200):
@@ -141,9 +153,9 @@ def test_front_view_only_windows_keep_the_draws_and_condition_on_the_front(data)
 
 def test_front_view_windows_with_any_base_keep_the_front_condition_and_vary_the_quadruple(data):
     bank = load_clip_bank(data, PX, 4)
-    plain = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True)
+    plain = sample_windows(bank, 200, spec(time_reversal=True), torch.Generator().manual_seed(3))
     draw = dict(front_view_only=True, any_base=True)
-    anyb = sample_windows(bank, 200, 4, 3, torch.Generator().manual_seed(3), True, **draw)
+    anyb = sample_windows(bank, 200, spec(time_reversal=True, **draw), torch.Generator().manual_seed(3))
     bases = set()
     for i in range(200):
         assert {decode(bank, int(j))[0] for j in anyb.condition[i]} == {4}  # conditioned on the front view
@@ -154,7 +166,8 @@ def test_front_view_windows_with_any_base_keep_the_front_condition_and_vary_the_
         np.testing.assert_allclose(anyb.cameras[i].numpy(), fourdm_camera_vectors(azimuths, 0.0), atol=1e-6)
     assert bases == set(range(8))
     # focus windows keep the front quadruple
-    focus = sample_windows(bank, 50, 4, 3, torch.Generator().manual_seed(4), True, 0, 1.0, **draw)
+    focus_spec = spec(time_reversal=True, focus_clip=0, focus_fraction=1.0, **draw)
+    focus = sample_windows(bank, 50, focus_spec, torch.Generator().manual_seed(4))
     assert all([decode(bank, int(j))[0] for j in focus.views[i, 0]] == [4, 6, 0, 2] for i in range(50))
 
 
@@ -172,7 +185,7 @@ def test_vae_loss_decreases_when_overfitting_a_batch(tmp_path):
     optimizer = torch.optim.Adam(vae.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss, _ = vae_loss(vae, x, mask, cfg, torch.Generator().manual_seed(0))
+        loss, _ = vae_loss(vae, x, mask, cfg.vae_phase, torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -191,12 +204,15 @@ def test_checkpoint_round_trip_restores_weights_ema_and_moments(tmp_path):
     optimizer.step()
     ema = {k: p.detach() * 0.5 for k, p in params.items()}
     pipe.vae.register_to_config(scaling_factor=0.25)
-    save_checkpoint(tmp_path / "ckpt", pipe, ema, optimizer, TrainState(3, 7, 0.25, {"vae": 1.0}), "sha")
+    state = TrainState(3, 7, 0.25, {"vae": 1.0})
+    save_checkpoint(
+        tmp_path / "ckpt", pipe, params, ema, optimizer, state, "sha", built=True, moments_dtype=torch.bfloat16
+    )
 
-    other = build_pipeline(cfg.model_copy(update={"seed": 9, "encoder_seed": 9}), tmp_path / "tok2")
+    other = build_pipeline(tiny_config("seed=9", "model.encoder_seed=9"), tmp_path / "tok2")
     other_ema = {k: torch.zeros_like(p) for k, p in other.unet.named_parameters()}
     other_opt = torch.optim.AdamW(other.unet.parameters(), lr=1e-3)
-    state = load_checkpoint(tmp_path / "ckpt", other, other_ema, other_opt)
+    state = load_checkpoint(tmp_path / "ckpt", other, all_params(other), other_ema, other_opt, built=True)
     assert (state.vae_step, state.unet_step, state.scaling_factor) == (3, 7, 0.25)
     assert other.vae.config.scaling_factor == 0.25
     for name in ("unet", "vae", "text_encoder", "image_encoder"):
@@ -213,16 +229,16 @@ def test_slim_checkpoint_without_raw_weights_resumes_from_the_ema(tmp_path):
     cfg = tiny_config()
     pipe = build_pipeline(cfg, tmp_path / "tok")
     ema = {k: torch.randn_like(p) for k, p in pipe.unet.named_parameters()}
-    save_checkpoint(tmp_path / "ckpt", pipe, ema, None, TrainState(3, 5, 0.5), "sha")
+    save_checkpoint(tmp_path / "ckpt", pipe, all_params(pipe), ema, None, TrainState(3, 5, 0.5), "sha", built=True)
     (tmp_path / "ckpt" / "unet.safetensors").unlink()
-    other = build_pipeline(cfg.model_copy(update={"seed": 9}), tmp_path / "tok2")
+    other = build_pipeline(tiny_config("seed=9"), tmp_path / "tok2")
     other_ema = {k: torch.zeros_like(p) for k, p in other.unet.named_parameters()}
-    assert load_checkpoint(tmp_path / "ckpt", other, other_ema, None).unet_step == 5
+    assert load_checkpoint(tmp_path / "ckpt", other, all_params(other), other_ema, None, built=True).unet_step == 5
     for k, p in other.unet.named_parameters():
         assert torch.equal(p, ema[k]) and torch.equal(other_ema[k], ema[k])
     (tmp_path / "ckpt" / "unet_ema.safetensors").unlink()
     with pytest.raises(StageError, match="neither"):
-        load_checkpoint(tmp_path / "ckpt", other, other_ema, None)
+        load_checkpoint(tmp_path / "ckpt", other, all_params(other), other_ema, None, built=True)
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +287,7 @@ def test_rerun_resumes_from_the_checkpoint_and_a_lost_optimizer_warms_up_again(d
     shutil.copytree(trained, run_dir)
     vae_before = load_file(str(run_dir / CHECKPOINT / "vae.safetensors"))
     (run_dir / CHECKPOINT / "unet_optimizer.safetensors").unlink()
-    run(tiny_config(unet_steps=6), data_dir=data, output_dir=run_dir)
+    run(tiny_config("schedule.steps=6"), data_dir=data, output_dir=run_dir)
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     unet_rows = [r for r in log if r["phase"] == "unet"]
     assert [r["step"] for r in unet_rows] == [1, 2, 3, 4, 5, 6]  # the VAE did not train again
@@ -286,12 +302,12 @@ def test_export_only_rebuilds_the_same_folder_from_the_checkpoint(trained, tmp_p
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained / CHECKPOINT, run_dir / CHECKPOINT)
-    run(tiny_config(export_only=True), output_dir=run_dir)
+    run(tiny_config("export_only=true"), output_dir=run_dir)
     for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
         a, b = (load_file(str(d / EXPORT / part)) for d in (trained, run_dir))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     with pytest.raises(StageError, match="no checkpoint"):
-        run(tiny_config(export_only=True), output_dir=tmp_path / "empty")
+        run(tiny_config("export_only=true"), output_dir=tmp_path / "empty")
 
 
 def test_command_line_overrides_and_bad_keys(trained, tmp_path, capsys):
@@ -299,26 +315,20 @@ def test_command_line_overrides_and_bad_keys(trained, tmp_path, capsys):
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained / CHECKPOINT, run_dir / CHECKPOINT)
-    config = str(REPO / "configs/tiny/demo_model.yaml")
+    config = str(REPO / "configs/tiny/train_fourdm_demo.yaml")
     assert main(["--config", config, "--output", str(run_dir), "--export-only", "--set", "export_dtype=float32"]) == 0
     assert load_fourdm(run_dir / EXPORT).unet.dtype == torch.float32
     unet = load_file(str(run_dir / EXPORT / "unet/diffusion_pytorch_model.safetensors"))
     assert all(v.dtype == torch.float32 for v in unet.values())  # the override reached the export
     assert main(["--config", config, "--output", str(run_dir), "--set", "no_such_key=1"]) == 1
-    assert main(["--config", config, "--output", str(run_dir), "--set", "batch_size=zero"]) == 1
+    assert main(["--config", config, "--output", str(run_dir), "--set", "schedule.batch_size=zero"]) == 1
     assert main(["--config", config, "--output", str(run_dir)]) == 1  # training needs --data
     err = capsys.readouterr().err
-    assert "no_such_key" in err and "batch_size" in err and "--data is required" in err
-
-
-@pytest.mark.parametrize("path", ["configs/demo/demo_model.yaml", "configs/tiny/demo_model.yaml"])
-def test_configs_spell_every_field(path):
-    load_config(DemoModelConfig, REPO / path)
-    assert set(yaml.safe_load((REPO / path).read_text())) == set(DemoModelConfig.model_fields)
+    assert "no_such_key" in err and "schedule.batch_size" in err and "--data is required" in err
 
 
 def test_demo_size_model_maps_64px_frames_to_16px_latents(tmp_path):
-    cfg = load_config(DemoModelConfig, REPO / "configs/demo/demo_model.yaml")
+    cfg = parse_config(REPO / "configs/demo/train_fourdm.yaml", [])
     pipe = build_pipeline(cfg, tmp_path / "tok")
     latents = pipe.encode_latents(np.full((1, 64, 64, 3), 255, np.uint8), None)
     assert latents.shape == (1, 4, 16, 16) and pipe.unet.config.sample_size == 16
@@ -344,12 +354,13 @@ def test_camera_check_command_line(data, trained, tmp_path, capsys):
 
 
 def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler_and_reuses_a_trained_vae(data, trained, tmp_path):
-    with pytest.raises(ValueError, match="zero_terminal_snr needs prediction_type v_prediction"):
-        DemoModelConfig.model_validate({**tiny_config().model_dump(), "zero_terminal_snr": True})
+    with pytest.raises(StageError, match="zero_terminal_snr needs prediction_type v_prediction"):
+        tiny_config("model.zero_terminal_snr=true")
     out = tmp_path / "run"
-    cfg = tiny_config(prediction_type="v_prediction", zero_terminal_snr=True, vae_from=str(trained / EXPORT))
+    v = ("model.prediction_type=v_prediction", "model.zero_terminal_snr=true")
+    cfg = tiny_config(*v, f"vae_phase.reuse={trained / EXPORT}")
     run(cfg, data_dir=data, output_dir=out)
-    # vae_from: phase 1 skipped, the earlier run's VAE and scaling factor ship unchanged
+    # vae_phase.reuse: phase 1 skipped, the earlier run's VAE and scaling factor ship unchanged
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in log} == {"unet"}
     part = "vae/diffusion_pytorch_model.safetensors"
@@ -373,12 +384,12 @@ def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler_and_reuses_a_tr
 
 
 def test_vae_from_a_folder_without_a_vae_or_of_another_architecture_is_a_clear_error(data, trained, tmp_path):
-    other = tiny_config(vae=tiny_config().vae.model_copy(update={"block_out_channels": (8, 8)}))
+    other = tiny_config("model.vae.block_out_channels=[8, 8]")
     pipe = build_pipeline(other, tmp_path / "tok")
     with pytest.raises(StageError, match="differs from the configured one"):
         load_trained_vae(pipe, trained / EXPORT, torch.float16)
     with pytest.raises(StageError, match="no exported VAE there"):
         load_trained_vae(pipe, tmp_path, torch.float16)
     with pytest.raises(StageError, match="no exported VAE there"):
-        run(tiny_config(vae_from=str(tmp_path)), data_dir=data, output_dir=tmp_path / "run")
+        run(tiny_config(f"vae_phase.reuse={tmp_path}"), data_dir=data, output_dir=tmp_path / "run")
     assert not (tmp_path / "run" / CHECKPOINT).exists()

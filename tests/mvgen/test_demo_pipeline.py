@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from stages.common.config import StageConfig, config_layers, load_config
-from stages.mvgen.training.demo_config import DemoModelConfig
+from stages.mvgen.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_STAGES = ("preprocess", "mvgen", "distill", "eval")
@@ -43,15 +43,15 @@ def test_demo_stages_run_from_the_root_with_the_demo_config(stage):
 
 
 def test_demo_configs_fit_the_demo_model():
-    model = load_config(DemoModelConfig, REPO / "configs/demo/demo_model.yaml")
+    model = load_config(TrainConfig, REPO / "configs/demo/train_fourdm.yaml")
     load = lambda s: load_config(stage_config(s), REPO / "configs/demo" / f"{s}.yaml")  # noqa: E731
-    assert load("preprocess").size_px == model.size_px == load("render").size_px
-    assert load("preprocess").num_frames == model.num_frames
+    assert load("preprocess").size_px == model.data.size_px == load("render").size_px
+    assert load("preprocess").num_frames == model.data.num_frames
     # The demo model's unconditional branch is the empty caption (condition dropout empties it).
     assert load("mvgen").negative_prompt == "" and load("distill").guidance.negative_prompt == ""
     # No VGG16 weights can be shipped: the LPIPS anchor term is off, so distill never reads --lpips.
     assert load("distill").loss_weights.anchor_lpips == 0.0
-    assert load("distill").cameras.num_views == 4 and load("mvgen").window_frames <= model.unet.motion_max_len
+    assert load("distill").cameras.num_views == 4 and load("mvgen").window_frames <= model.model.unet.motion_max_len
 
 
 def test_demo_gpu_is_the_demo_model_on_cuda_with_the_papers_field_and_the_fast_recipe():

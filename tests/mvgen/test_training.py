@@ -9,10 +9,10 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 
 from stages.common.cameras import fourdm_camera_vectors
-from stages.common.config import load_config
 from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import load_fourdm
-from stages.mvgen.training import TrainConfig, run
+from stages.mvgen.training import run
+from stages.mvgen.training.cli import parse_config
 from stages.mvgen.training.dataset import find_clip_sources, sample_clip
 from stages.mvgen.training.objective import (
     camera_gap,
@@ -87,25 +87,28 @@ def test_condition_dropout_rate_is_honoured():
     assert not dropout_mask(1000, 0.0, torch.Generator()).any() and dropout_mask(1000, 1.0, torch.Generator()).all()
 
 
-def tiny_config(**update) -> TrainConfig:
-    base = load_config(TrainConfig, REPO / "configs/tiny/train_fourdm.yaml")
-    return base.model_copy(update=update)
+def tiny_config(*sets: str):
+    """configs/tiny/train_fourdm.yaml with `section.key=value` overrides (as `--set` on the command line)."""
+    return parse_config(REPO / "configs/tiny/train_fourdm.yaml", list(sets))
 
 
-def test_paper_mode_changes_only_motion_modules(setup, tmp_path):
+@pytest.fixture(scope="module")
+def plain_run(setup, tmp_path_factory) -> Path:
+    """Two steps of the tiny paper-mode recipe (shared by the tests that only read its outputs)."""
+    out = tmp_path_factory.mktemp("plain") / "run"
+    cfg = tiny_config("optim.mode=paper", "schedule.steps=2")
+    run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=out)
+    return out
+
+
+def test_paper_mode_changes_only_motion_modules(setup, plain_run):
     before = load_fourdm(setup["weights"]).unet.state_dict()
-    run(
-        tiny_config(mode="paper", num_steps=2),
-        data_dir=setup["data"],
-        weights_dir=setup["weights"],
-        output_dir=tmp_path / "run",
-    )
-    after = load_fourdm(tmp_path / "run" / "weights").unet.state_dict()
+    after = load_fourdm(plain_run / "fourdm").unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".temporal_transformer." in f".{k}" for k in changed)
     for name in ("vae", "text_encoder", "image_encoder"):
         a = getattr(load_fourdm(setup["weights"]), name).state_dict()
-        b = getattr(load_fourdm(tmp_path / "run" / "weights"), name).state_dict()
+        b = getattr(load_fourdm(plain_run / "fourdm"), name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
@@ -118,7 +121,7 @@ def test_loss_decreases_when_overfitting_one_batch(setup):
     sources = find_clip_sources(setup["data"])
     sample = sample_clip(sources, 3, 2, IMAGE_PX, torch.Generator().manual_seed(0))
     losses = []
-    for _ in range(30):
+    for _ in range(10):  # the loss falls to about a quarter within 10 steps
         loss = training_loss(pipe, [sample], torch.Generator().manual_seed(1), 0.0)  # same noise and t each step
         optimizer.zero_grad()
         loss.backward()
@@ -128,19 +131,19 @@ def test_loss_decreases_when_overfitting_one_batch(setup):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(setup, tmp_path):
-    cfg = tiny_config(num_steps=4, checkpoint_every=2, ema_decay=0.5)
+    cfg = tiny_config("schedule.steps=4", "schedule.checkpoint_every=2", "optim.ema_decay=0.5")
     run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "straight")
     run(
-        cfg.model_copy(update={"num_steps": 2}),
+        cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"steps": 2})}),
         data_dir=setup["data"],
         weights_dir=setup["weights"],
         output_dir=tmp_path / "resumed",
     )  # "killed" after step 2 (its checkpoint is what survives)
     run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "resumed")
-    a = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoint" / "trainable.safetensors"))
+    a = load_file(str(tmp_path / "straight" / "checkpoint" / "unet.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoint" / "unet.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ua, ub = (load_fourdm(tmp_path / d / "weights").unet.state_dict() for d in ("straight", "resumed"))
+    ua, ub = (load_fourdm(tmp_path / d / "fourdm").unet.state_dict() for d in ("straight", "resumed"))
     assert all(torch.equal(ua[k], ub[k]) for k in ua)
 
 
@@ -182,7 +185,13 @@ def test_two_processes_follow_one_process_with_accumulation(setup, tmp_path):
 
     import yaml
 
-    cfg = tiny_config(mode="scratch", num_steps=3, batch_size=2, checkpoint_every=3, condition_dropout=0.5)
+    cfg = tiny_config(
+        "optim.mode=scratch",
+        "schedule.steps=3",
+        "schedule.batch_size=2",
+        "schedule.checkpoint_every=3",
+        "conditioning.condition_dropout=0.5",
+    )
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "one")
@@ -201,8 +210,8 @@ def test_two_processes_follow_one_process_with_accumulation(setup, tmp_path):
     one, two = log("one"), log("two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
     np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-5)
-    a = load_file(str(tmp_path / "one" / "checkpoint" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "two" / "checkpoint" / "trainable.safetensors"))
+    a = load_file(str(tmp_path / "one" / "checkpoint" / "unet.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoint" / "unet.safetensors"))
     # Adam turns float-level differences of near-zero gradients into lr-sized steps, so the weights are compared
     # by their total update: the two runs' updates agree to about 1% (other clips or noise would differ by ~100%).
     start = load_fourdm(setup["weights"]).unet.state_dict()
@@ -218,21 +227,21 @@ def test_two_processes_follow_one_process_with_accumulation(setup, tmp_path):
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["accumulation"] == 2
 
 
-def test_sample_grids_are_written_and_do_not_change_training(setup, tmp_path):
+def test_sample_grids_are_written_and_do_not_change_training(setup, plain_run, tmp_path):
     from stages.common.image_io import read_rgba
     from stages.mvgen.training.dataset import sample_clip as draw
 
-    cfg = tiny_config(num_steps=2)
-    run(cfg, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "plain")
-    sampled = cfg.model_copy(update={"sample_every": 1, "sample_steps": 2})
+    cfg = tiny_config("schedule.steps=2")
+    assert cfg.optim.mode == "paper"  # the recipe of `plain_run`
+    sampled = tiny_config("schedule.steps=2", "schedule.sample_every=1", "schedule.sample_steps=2")
     run(sampled, data_dir=setup["data"], weights_dir=setup["weights"], output_dir=tmp_path / "sampled")
-    a = load_file(str(tmp_path / "plain" / "checkpoint" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "sampled" / "checkpoint" / "trainable.safetensors"))
+    a = load_file(str(plain_run / "checkpoint" / "unet.safetensors"))
+    b = load_file(str(tmp_path / "sampled" / "checkpoint" / "unet.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # sampling draws from none of the run's generators
     grids = sorted((tmp_path / "sampled" / "samples").glob("step_*.png"))
     assert [g.name for g in grids] == ["step_000001.png", "step_000002.png"]
     grid = read_rgba(grids[0])
-    frames = cfg.num_frames
+    frames = cfg.data.num_frames
     assert grid.shape[:2] == ((1 + 2 * 4) * IMAGE_PX, frames * IMAGE_PX)
     # Row 0 is the conditioning video; the ground-truth rows are its views at 0/90/180/270° (aligned sample).
     s = draw(find_clip_sources(setup["data"]), frames, 2, IMAGE_PX, torch.Generator().manual_seed(cfg.seed), True)
@@ -241,7 +250,7 @@ def test_sample_grids_are_written_and_do_not_change_training(setup, tmp_path):
     assert views == [(mono + 2 * k) % RING for k in range(4)]
     np.testing.assert_array_equal(grid[:IMAGE_PX, :IMAGE_PX, :3], s.condition[0])
     np.testing.assert_array_equal(grid[IMAGE_PX : 2 * IMAGE_PX, :IMAGE_PX, :3], s.views[0, 0])
-    assert not (tmp_path / "plain" / "samples").exists()
+    assert not (plain_run / "samples").exists()
 
 
 def encoded_batch(pipe, batch: int = 2, frames: int = 3) -> tuple[torch.Tensor, ...]:

@@ -1,6 +1,5 @@
-"""`python -m stages.mvgen.training --config configs/train_fourdm.yaml --data <dir> --weights <dir> --output <dir>`."""
+"""`python -m stages.mvgen.training --config <yaml> --data <renders> [--weights <FourDM>] --output <run>`."""
 
-from stages.common.cli import cli_main
-from stages.mvgen.training import TrainConfig, run
+from stages.mvgen.training.cli import main
 
-raise SystemExit(cli_main(run, TrainConfig, prog="python -m stages.mvgen.training"))
+raise SystemExit(main())

@@ -4,15 +4,15 @@
         [--clip fox-survey] [--windows 6] [--timesteps 50 200 400 600 800 950] [--front-view] \
         [--json out/camera_check.json]
 
-Windows are drawn as the demo model trains on them (`demo_data.sample_windows`: a random conditioning view, 4
-orthogonal views of a random base, cameras relative to the conditioning view; with `--front-view`, as a
-`front_view_only` model trains: conditioned on the ring's front view, 0/90/180/270° out) from the training rings
-under `--data` (one clip with `--clip`). Each timestep's noise is shared by the two evaluations
-(`objective.camera_gap`), so the difference is the camera input's effect alone. A trained model should do
-clearly worse with the rotated cameras at high t; equal columns mean the camera pathway is unused and the views'
-layout is left to chance. The x0 columns: the error of the predicted clean views against their own truth and
-against the next view's; own far below other at the highest t means the views are readable from their noisy
-latents, so training never needs the camera.
+Windows are drawn as the demo model trains on them (`windows.draw_window`: subject-balanced, the largest stride
+that fits, a random conditioning view, 4 orthogonal views of a random base, cameras relative to the conditioning
+view; with `--front-view`, as a `front_view_only` model trains: conditioned on the ring's front view,
+0/90/180/270° out) from the training rings under `--data` (one clip with `--clip`). Each timestep's noise is shared
+by the two evaluations (`objective.camera_gap`), so the difference is the camera input's effect alone. A trained
+model should do clearly worse with the rotated cameras at high t; equal columns mean the camera pathway is unused
+and the views' layout is left to chance. The x0 columns: the error of the predicted clean views against their own
+truth and against the next view's; own far below other at the highest t means the views are readable from their
+noisy latents, so training never needs the camera.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import torch
 from stages.common.devices import resolve_device
 from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, load_fourdm
-from stages.mvgen.training.demo_data import ClipBank, load_clip_bank, sample_windows
-from stages.mvgen.training.demo_phases import build_caches
+from stages.mvgen.training.bank import ClipBank, load_clip_bank, sample_windows
+from stages.mvgen.training.batches import build_caches
 from stages.mvgen.training.objective import camera_gap
+from stages.mvgen.training.windows import WindowSpec
 
 __all__ = ["check_cameras", "main"]
 
@@ -48,19 +49,13 @@ def check_cameras(
 ) -> list[dict]:
     """Rows {t, mse_true, mse_rotated, gap, relative_gap, x0_own, x0_other} (`objective.camera_gap`) over `windows`
     windows of `bank` (posterior means; only the images the windows use are encoded). `front_view_only`: windows as
-    the demo uses the model, `any_base` with any quadruple of the ring (`demo_data.sample_windows`)."""
+    the demo uses the model, `any_base` with any quadruple of the ring (`windows.draw_window`)."""
     device = pipe.device
     gen = torch.Generator().manual_seed(seed)
-    w = sample_windows(
-        bank,
-        windows,
-        num_frames,
-        max_stride,
-        gen,
-        time_reversal=False,
-        front_view_only=front_view_only,
-        any_base=any_base,
+    spec = WindowSpec(
+        num_frames, max_stride, "largest_fitting", "subject", front_view_only=front_view_only, any_base=any_base
     )
+    w = sample_windows(bank, windows, spec, gen)
     used, slot = torch.unique(torch.cat([w.views.reshape(-1), w.condition.reshape(-1)]), return_inverse=True)
     caches = build_caches(pipe, bank, torch.from_numpy(bank.rgb), index=used)
     slot = slot.to(device)

@@ -1,9 +1,7 @@
-"""Training clips for 4DM from render-stage artifacts (`train/`: a ring of views × all frames, spec §2.7).
+"""Training windows read from disk: render-stage artifacts (`train/`: a ring of views × all frames, spec §2.7).
 
-A sample is what 4DM is trained on (paper §3.2): F frames at a stride from a random start, a monocular
-conditioning video from a random view m of the ring, and 4 orthogonal views b, b + V/4, b + V/2, b + 3V/4 from an
-independent random b. Cameras are relative to the conditioning view (our convention: it sits at azimuth 0, as
-at inference, where the generated views are at relative azimuths 0/90/180/270).
+`find_clip_sources` finds the rings, `windows.draw_window` draws a window (paper §3.2), `read_window` reads its
+images (composited on white, resized to `size_px`) and cameras relative to the conditioning view.
 """
 
 from __future__ import annotations
@@ -18,8 +16,9 @@ from stages.common.artifacts import RenderManifest
 from stages.common.cameras import fourdm_camera_vectors, load_cameras
 from stages.common.errors import StageError
 from stages.common.image_io import composite_on_white, read_rgba
+from stages.mvgen.training.windows import ClipTable, Window, WindowSpec, draw_window
 
-__all__ = ["ClipSource", "TrainSample", "find_clip_sources", "sample_clip"]
+__all__ = ["ClipSource", "TrainSample", "clip_table", "find_clip_sources", "read_window", "sample_clip"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,35 @@ def _load(path: Path, size_px: int) -> np.ndarray:
     return rgb
 
 
+def clip_table(sources: list[ClipSource]) -> ClipTable:
+    """The sampler's view of `sources` (subjects: captions in sorted order; names: the render artifacts')."""
+    captions = sorted({s.caption for s in sources})
+    return ClipTable(
+        num_frames=[s.num_frames for s in sources],
+        num_views=[s.num_views for s in sources],
+        subjects=[captions.index(s.caption) for s in sources],
+        names=[s.directory.parent.name for s in sources],
+    )
+
+
+def read_window(sources: list[ClipSource], window: Window, size_px: int) -> TrainSample:
+    """The images and cameras of `window` read from disk."""
+    source = sources[window.clip]
+    images = np.stack(
+        [np.stack([_load(source.frame_path(v, f), size_px) for f in window.frames]) for v in window.ring]
+    )
+    condition = np.stack([_load(source.frame_path(window.mono, f), size_px) for f in window.frames])
+    return TrainSample(
+        views=images,
+        condition=condition,
+        cameras=fourdm_camera_vectors(window.azimuths, source.elevation_deg),
+        caption=source.caption,
+        source=str(source.directory),
+        view_ids=list(window.ring),
+        frame_ids=list(window.frames),
+    )
+
+
 def sample_clip(
     sources: list[ClipSource],
     num_frames: int,
@@ -99,35 +127,12 @@ def sample_clip(
     generator: torch.Generator,
     aligned: bool = False,
 ) -> TrainSample:
-    """Draw one training sample (all randomness from `generator`).
+    """Draw one window of the paper's kind (any clip, exact `stride`, random views) and read it (`draw_window`).
 
     `aligned`: the 4 views sit at 0/90/180/270° from the conditioning view, as at inference (sample grids).
 
     Raises:
-        StageError: a source is too short for `num_frames` at `stride` (and no shorter stride is allowed).
+        StageError: a source is too short for `num_frames` at `stride`.
     """
-    source = sources[int(torch.randint(len(sources), (1,), generator=generator))]
-    span = (num_frames - 1) * stride + 1
-    if source.num_frames < span:
-        raise StageError(
-            f"{source.directory} has {source.num_frames} frames; {num_frames} at stride {stride} need {span}"
-        )
-    start = int(torch.randint(source.num_frames - span + 1, (1,), generator=generator))
-    frames = [start + i * stride for i in range(num_frames)]
-    mono = int(torch.randint(source.num_views, (1,), generator=generator))
-    base = int(torch.randint(source.num_views, (1,), generator=generator))
-    base = mono if aligned else base
-    quarter, step_deg = source.num_views // 4, 360.0 / source.num_views
-    views = [(base + k * quarter) % source.num_views for k in range(4)]
-    azimuths = [((v - mono) * step_deg) % 360.0 for v in views]  # relative to the conditioning view
-    images = np.stack([np.stack([_load(source.frame_path(v, f), size_px) for f in frames]) for v in views])
-    condition = np.stack([_load(source.frame_path(mono, f), size_px) for f in frames])
-    return TrainSample(
-        views=images,
-        condition=condition,
-        cameras=fourdm_camera_vectors(azimuths, source.elevation_deg),
-        caption=source.caption,
-        source=str(source.directory),
-        view_ids=views,
-        frame_ids=frames,
-    )
+    window = draw_window(clip_table(sources), WindowSpec(num_frames, stride), generator, aligned)
+    return read_window(sources, window, size_px)

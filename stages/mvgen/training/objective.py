@@ -20,7 +20,9 @@ from stages.mvgen.training.dataset import TrainSample
 __all__ = [
     "SLOTS",
     "VIEWS",
+    "autocast_dtype",
     "camera_gap",
+    "device_generator",
     "denoising_loss",
     "dropout_mask",
     "output_and_target",
@@ -40,8 +42,19 @@ def step_generator(seed: int, step: int, index: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(hash((seed, step, index)) % (2**63))
 
 
+def device_generator(device: torch.device, seed: int, step: int, index: int = 1) -> torch.Generator:
+    """A generator on `device` that is a pure function of (seed, step, index) (int tuples hash stably): the noise
+    and timesteps of the in-memory path, drawn where the latents are."""
+    return torch.Generator(device).manual_seed(hash((seed, step, index)) % (2**63))
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA when `optim.mixed_precision` asks for it; None (fp32) otherwise."""
+    return torch.bfloat16 if mixed_precision == "bf16" and device.type == "cuda" else None
+
+
 def dropout_mask(batch: int, p: float, generator: torch.Generator) -> Tensor:
-    """(batch,) bool: True where the clip trains unconditionally (reference video and cameras zeroed)."""
+    """(batch,) bool: True where the window trains unconditionally (`conditioning.condition_dropout`)."""
     return torch.rand(batch, generator=generator) < p
 
 
@@ -52,10 +65,14 @@ def training_loss(
     condition_dropout: float,
     autocast_dtype: torch.dtype | None = None,
     denoiser: torch.nn.Module | None = None,
+    drop_with_reference: str = "cameras",
 ) -> Tensor:
-    """Eq. 7 on a micro-batch: MSE between the true and predicted noise of the 4 generated views.
+    """Eq. 7 on a micro-batch read from disk: images encoded by the frozen VAE (posterior samples from
+    `generator`) and CLIP encoders, then `denoising_loss`.
 
     `denoiser` is the UNet to call (a DistributedDataParallel wrapper of `pipe.unet` when training on several GPUs).
+    An unconditional window (probability `condition_dropout`) has its reference video zeroed and, per
+    `drop_with_reference`, its cameras zeroed or its caption emptied (`ConditioningConfig`).
     """
     device = pipe.device
     batch, frames = len(samples), samples[0].views.shape[1]
@@ -66,12 +83,17 @@ def training_loss(
     x0 = x0.reshape(batch, VIEWS, frames, *x0.shape[1:]).transpose(1, 2)  # (B, F, 4, C, h, w)
     ref = pipe.encode_latents(cond, generator).float().reshape(batch, frames, *x0.shape[3:])  # (B, F, C, h, w)
     tokens = pipe.encode_images(cond).float().reshape(batch, frames, -1, pipe.unet.config.ip_embedding_dim)
-    text = pipe.encode_text([s.caption for s in samples]).float()  # (B, 77, D)
     cameras = torch.stack([torch.from_numpy(s.cameras) for s in samples]).to(device)  # (B, 5, 16)
-    # 2. Condition dropout (eq. 7): reference video (pixel latents and CLIP tokens) and cameras zeroed.
-    keep = (~dropout_mask(batch, condition_dropout, generator)).to(device).float()
+    # 2. Condition dropout (eq. 7): reference video (pixel latents and CLIP tokens) zeroed, and cameras or caption.
+    dropped = dropout_mask(batch, condition_dropout, generator)
+    keep = (~dropped).to(device).float()
     ref, tokens = ref * keep[:, None, None, None, None], tokens * keep[:, None, None, None]
-    cameras = cameras * keep[:, None, None]
+    if drop_with_reference == "cameras":
+        cameras = cameras * keep[:, None, None]
+        captions = [s.caption for s in samples]
+    else:
+        captions = ["" if d else s.caption for s, d in zip(samples, dropped.tolist(), strict=True)]
+    text = pipe.encode_text(captions).float()  # (B, 77, D)
     return denoising_loss(
         denoiser or pipe.unet, pipe.scheduler, x0, ref, tokens, text, cameras, generator, autocast_dtype
     )

@@ -1,4 +1,4 @@
-"""Demo 4DM construction: its character tokenizer, the small pipeline of configs/demo/demo_model.yaml, scheduler."""
+"""A 4DM built from `TrainConfig.model` (no `--weights`): its character tokenizer, the pipeline, its scheduler."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from transformers import (
 from stages.common.errors import StageError
 from stages.mvgen.models import FourDMUNet
 from stages.mvgen.pipeline_fourdm import FourDMPipeline, official_scheduler
-from stages.mvgen.training.demo_config import DemoModelConfig
+from stages.mvgen.training.config import ModelConfig, TrainConfig
 
-_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +47,23 @@ def write_char_tokenizer(directory: Path) -> CLIPTokenizer:
     return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77)
 
 
-def vae_factor(cfg: DemoModelConfig) -> int:
-    return 2 ** (len(cfg.vae.block_out_channels) - 1)
-
-
-def build_pipeline(cfg: DemoModelConfig, tokenizer_dir: Path) -> FourDMPipeline:
-    """The untrained demo 4DM: UNet and VAE initialised from `cfg.seed`, CLIP encoders from `cfg.encoder_seed`.
+def build_pipeline(config: TrainConfig, tokenizer_dir: Path) -> FourDMPipeline:
+    """The untrained 4DM of `config.model` at `config.data.size_px`: UNet and VAE initialised from `config.seed`,
+    CLIP encoders from `model.encoder_seed`.
 
     Raises:
         StageError: sizes that do not fit together (image side vs VAE and UNet levels, heads vs widths).
     """
-    factor, levels = vae_factor(cfg), len(cfg.unet.channel_mult)
-    latent = cfg.size_px // factor
-    if cfg.size_px % factor or latent % 2 ** (levels - 1):
-        raise StageError(f"size_px {cfg.size_px} does not divide into the VAE (÷{factor}) and UNet levels ({levels})")
-    if cfg.size_px % cfg.image_patch_px:
-        raise StageError(f"image_patch_px {cfg.image_patch_px} does not divide size_px {cfg.size_px}")
+    cfg, size_px, seed = config.model, config.data.size_px, config.seed
+    factor, levels = 2 ** (len(cfg.vae.block_out_channels) - 1), len(cfg.unet.channel_mult)
+    latent = size_px // factor
+    if size_px % factor or latent % 2 ** (levels - 1):
+        raise StageError(f"size_px {size_px} does not divide into the VAE (÷{factor}) and UNet levels ({levels})")
+    if size_px % cfg.image_patch_px:
+        raise StageError(f"image_patch_px {cfg.image_patch_px} does not divide size_px {size_px}")
     u, v, te, ie = cfg.unet, cfg.vae, cfg.text_encoder, cfg.image_encoder
     try:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         unet = FourDMUNet(
             model_channels=u.model_channels,
             channel_mult=tuple(u.channel_mult),
@@ -83,7 +81,7 @@ def build_pipeline(cfg: DemoModelConfig, tokenizer_dir: Path) -> FourDMPipeline:
             norm_num_groups=u.norm_num_groups,
             sample_size=latent,
         )
-        torch.manual_seed(cfg.seed + 1)
+        torch.manual_seed(seed + 1)
         n = len(v.block_out_channels)
         vae = AutoencoderKL(
             in_channels=3,
@@ -94,11 +92,11 @@ def build_pipeline(cfg: DemoModelConfig, tokenizer_dir: Path) -> FourDMPipeline:
             layers_per_block=v.layers_per_block,
             latent_channels=v.latent_channels,
             norm_num_groups=v.norm_num_groups,
-            sample_size=cfg.size_px,
+            sample_size=size_px,
             scaling_factor=1.0,
         )
     except ValueError as err:  # GroupNorm groups, head counts
-        raise StageError(f"demo model config: {err}") from None
+        raise StageError(f"model config: {err}") from None
     tokenizer = write_char_tokenizer(tokenizer_dir)
     torch.manual_seed(cfg.encoder_seed)
     text = CLIPTextModel(
@@ -121,17 +119,15 @@ def build_pipeline(cfg: DemoModelConfig, tokenizer_dir: Path) -> FourDMPipeline:
             intermediate_size=ie.intermediate_size,
             num_hidden_layers=ie.num_hidden_layers,
             num_attention_heads=ie.num_attention_heads,
-            image_size=cfg.size_px,
+            image_size=size_px,
             patch_size=cfg.image_patch_px,
         )
     )
-    processor = CLIPImageProcessor(
-        size={"shortest_edge": cfg.size_px}, crop_size={"height": cfg.size_px, "width": cfg.size_px}
-    )
-    return FourDMPipeline(unet, vae, demo_scheduler(cfg), text, tokenizer, vision, processor)
+    processor = CLIPImageProcessor(size={"shortest_edge": size_px}, crop_size={"height": size_px, "width": size_px})
+    return FourDMPipeline(unet, vae, build_scheduler(cfg), text, tokenizer, vision, processor)
 
 
-def demo_scheduler(cfg: DemoModelConfig) -> DDIMScheduler:
+def build_scheduler(cfg: ModelConfig) -> DDIMScheduler:
     """The official LDM schedule (`official_scheduler`), with the config's prediction type and, when asked, betas
     rescaled to zero terminal SNR and "trailing" timestep spacing (sampling then starts at t = 999)."""
     # The constructor, not from_config: from_config ignores keys its source config marks as defaults.

@@ -1,18 +1,15 @@
-"""Render training rings held in memory for the demo model: one flat image tensor plus index arithmetic.
+"""Training rings held in memory (`data.in_memory`): one flat image tensor plus index arithmetic.
 
-The demo model trains for minutes, so every image of every ring is decoded once (`load_clip_bank`) and windows
-are drawn as index tensors (`sample_windows`); the trainer gathers cached latents and CLIP tokens with them on the
-GPU. A window is what `dataset.sample_clip` draws (paper §3.2): F frames at a stride from a random start, a
-conditioning view m and 4 orthogonal views b + k·V/4 of an independent b, cameras relative to m. Differences:
-the stride is the largest ≤ `max_stride` that fits the clip (clips are rendered with 16 or 24 frames), half the
-windows may play backwards, and clips are drawn subject-balanced (a subject = a caption), so the 14 clips of one
-asset do not drown the single clip of another.
+Every image of every ring is decoded once (`load_clip_bank`) and windows (`windows.draw_window`, the same draws as
+from disk) become index tensors (`sample_windows`); the trainer gathers cached latents and CLIP tokens with them on
+the device.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +20,9 @@ from stages.common.cameras import fourdm_camera_vectors
 from stages.common.errors import StageError
 from stages.common.image_io import composite_on_white, read_rgba
 from stages.mvgen.training.dataset import ClipSource, find_clip_sources
+from stages.mvgen.training.windows import ClipTable, WindowSpec, draw_window
 
-__all__ = ["ClipBank", "Windows", "load_clip_bank", "sample_windows", "clip_stride", "front_view"]
+__all__ = ["ClipBank", "Windows", "load_clip_bank", "sample_windows"]
 
 
 @dataclass
@@ -51,6 +49,11 @@ class ClipBank:
 
     def index(self, clip: int, view: int, frame: int) -> int:
         return self.offsets[clip] + view * self.num_frames[clip] + frame
+
+    @cached_property
+    def table(self) -> ClipTable:
+        """The sampler's view of the clips (`windows.ClipTable`)."""
+        return ClipTable(self.num_frames, self.num_views, self.subjects, self.names)
 
 
 @dataclass
@@ -119,65 +122,20 @@ def load_clip_bank(data_dir: Path, size_px: int, min_frames: int, threads: int =
     )
 
 
-def front_view(num_views: int) -> int:
-    """The ring view nearest azimuth 0 (the input camera), rings being at −180° + 360°·k / num_views."""
-    return min(range(num_views), key=lambda v: abs(((-180.0 + 360.0 * v / num_views) + 180.0) % 360.0 - 180.0))
-
-
-def clip_stride(num_frames_clip: int, window: int, max_stride: int) -> int:
-    """The largest stride ≤ `max_stride` whose window of `window` frames fits a clip of `num_frames_clip` frames."""
-    return max(1, min(max_stride, (num_frames_clip - 1) // (window - 1)))
-
-
-def sample_windows(
-    bank: ClipBank,
-    batch: int,
-    num_frames: int,
-    max_stride: int,
-    generator: torch.Generator,
-    time_reversal: bool = True,
-    focus_clip: int | None = None,
-    focus_fraction: float = 0.0,
-    front_view_only: bool = False,
-    any_base: bool = False,
-) -> Windows:
-    """Draw `batch` windows (all randomness from the CPU `generator`).
-
-    With `focus_clip`, a window is drawn with probability `focus_fraction` from that clip as the demo sees it:
-    conditioned on the front view (`front_view`) and asking for the views at 0/90/180/270 from it. With
-    `front_view_only`, every window is drawn that way, from whichever clip (the same random draws are made, so the
-    clips, frames and time reversal are those of the default). `any_base` (with `front_view_only`): the 4
-    orthogonal views start at the ring's random view instead of the front view (focus windows keep the front).
-    """
-    by_subject = [[c for c, s in enumerate(bank.subjects) if s == k] for k in range(len(bank.subject_captions))]
-    views = np.zeros((batch, num_frames, 4), np.int64)
-    condition = np.zeros((batch, num_frames), np.int64)
+def sample_windows(bank: ClipBank, batch: int, spec: WindowSpec, generator: torch.Generator) -> Windows:
+    """Draw `batch` windows (`windows.draw_window`, all randomness from the CPU `generator`) as image indices."""
+    table = bank.table
+    views = np.zeros((batch, spec.num_frames, 4), np.int64)
+    condition = np.zeros((batch, spec.num_frames), np.int64)
     cameras = np.zeros((batch, 5, 16), np.float32)
     captions = np.zeros(batch, np.int64)
     clips = np.zeros(batch, np.int64)
     for i in range(batch):
-        focus = focus_clip is not None and bool(torch.rand(1, generator=generator) < focus_fraction)
-        if focus:
-            c = focus_clip
-        else:
-            group = by_subject[int(torch.randint(len(by_subject), (1,), generator=generator))]
-            c = group[int(torch.randint(len(group), (1,), generator=generator))]
-        n, nv = bank.num_frames[c], bank.num_views[c]
-        stride = clip_stride(n, num_frames, max_stride)
-        start = int(torch.randint(n - (num_frames - 1) * stride, (1,), generator=generator))
-        frames = [start + k * stride for k in range(num_frames)]
-        if time_reversal and bool(torch.rand(1, generator=generator) < 0.5):
-            frames = frames[::-1]
-        mono = int(torch.randint(nv, (1,), generator=generator))
-        base = int(torch.randint(nv, (1,), generator=generator))
-        if focus or front_view_only:
-            mono = front_view(nv)
-            if focus or not any_base:
-                base = mono
-        ring = [(base + k * (nv // 4)) % nv for k in range(4)]
-        views[i] = [[bank.index(c, v, f) for v in ring] for f in frames]
-        condition[i] = [bank.index(c, mono, f) for f in frames]
-        cameras[i] = fourdm_camera_vectors([((v - mono) * 360.0 / nv) % 360.0 for v in ring], bank.elevations[c])
+        w = draw_window(table, spec, generator)
+        c = w.clip
+        views[i] = [[bank.index(c, v, f) for v in w.ring] for f in w.frames]
+        condition[i] = [bank.index(c, w.mono, f) for f in w.frames]
+        cameras[i] = fourdm_camera_vectors(w.azimuths, bank.elevations[c])
         captions[i], clips[i] = bank.subjects[c], c
     return Windows(
         views=torch.from_numpy(views),

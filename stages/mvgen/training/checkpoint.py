@@ -1,4 +1,4 @@
-"""The demo trainer's files: its resumable checkpoint (atomic), the trained VAE it can start from, the exported
+"""The trainer's files: its resumable checkpoint (atomic), a trained VAE a built model can start from, the exported
 FourDM folder."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from stages.common.errors import StageError
 from stages.mvgen.pipeline_fourdm import FourDMPipeline
-from stages.mvgen.training.demo_build import round_to
+from stages.mvgen.training.build import round_to
 
 CHECKPOINT, EXPORT, SAMPLES, LOG_FILE, SUMMARY = "checkpoint", "fourdm", "samples", "train_log.jsonl", "summary.json"
 
@@ -47,41 +47,47 @@ def _encoder_state(pipe: FourDMPipeline) -> dict[str, Tensor]:
 def save_checkpoint(
     directory: Path,
     pipe: FourDMPipeline,
+    params: dict[str, nn.Parameter],
     ema: dict[str, Tensor] | None,
     optimizer: torch.optim.Optimizer | None,
     state: TrainState,
     config_sha: str,
+    *,
+    built: bool,
     frozen_dtype: torch.dtype = torch.float32,
+    moments_dtype: torch.dtype = torch.float32,
 ) -> None:
     """Write `directory` through a temp folder and a rename: a kill at any moment leaves the old or the new one.
 
-    Files: `state.json`, `encoders.safetensors` (in `frozen_dtype`), `vae.safetensors` (float32 while it trains,
-    then `frozen_dtype`), and once the UNet trains `unet.safetensors`, `unet_ema.safetensors` (float32) and
-    `unet_optimizer.safetensors` (AdamW moments in bfloat16, keyed by name). Frozen modules are held at the
-    export precision (`round_to`), so storing them in it loses nothing.
+    Files: `state.json`; for a built model (`built`) `encoders.safetensors` (in `frozen_dtype`) and `vae.safetensors`
+    (float32 while it trains, then `frozen_dtype`); once the UNet trains `unet.safetensors` (the trained UNet
+    parameters `params`), `unet_ema.safetensors` (float32) and `unet_optimizer.safetensors` (AdamW moments keyed by
+    parameter name, in `moments_dtype`: float32 resumes bit for bit). Frozen modules are held at the export
+    precision (`round_to`), so storing them in it loses nothing.
     """
     directory = Path(directory)
     tmp, old = directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cpu = lambda d, t=torch.float32: {k: v.detach().to(t).cpu().contiguous() for k, v in d.items()}  # noqa: E731
-    vae_frozen = state.scaling_factor is not None
-    save_file(cpu(pipe.vae.state_dict(), frozen_dtype if vae_frozen else torch.float32), str(tmp / "vae.safetensors"))
-    save_file(cpu(_encoder_state(pipe), frozen_dtype), str(tmp / "encoders.safetensors"))
+    if built:
+        vae_dtype = frozen_dtype if state.scaling_factor is not None else torch.float32
+        save_file(cpu(pipe.vae.state_dict(), vae_dtype), str(tmp / "vae.safetensors"))
+        save_file(cpu(_encoder_state(pipe), frozen_dtype), str(tmp / "encoders.safetensors"))
     if state.unet_step > 0:
-        save_file(cpu(pipe.unet.state_dict()), str(tmp / "unet.safetensors"))
+        save_file(cpu(params), str(tmp / "unet.safetensors"))
         if ema is not None:
             save_file(cpu(ema), str(tmp / "unet_ema.safetensors"))
         if optimizer is not None:
-            names = {id(p): n for n, p in pipe.unet.named_parameters()}
+            names = {id(p): n for n, p in params.items()}
             moments = {}
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     s = optimizer.state.get(p)
                     if s:
                         name = names[id(p)]
-                        moments[f"{name}.exp_avg"] = s["exp_avg"].detach().to(torch.bfloat16).cpu().contiguous()
-                        moments[f"{name}.exp_avg_sq"] = s["exp_avg_sq"].detach().to(torch.bfloat16).cpu().contiguous()
+                        moments[f"{name}.exp_avg"] = s["exp_avg"].detach().to(moments_dtype).cpu().contiguous()
+                        moments[f"{name}.exp_avg_sq"] = s["exp_avg_sq"].detach().to(moments_dtype).cpu().contiguous()
                         moments[f"{name}.step"] = torch.as_tensor(s["step"], dtype=torch.float32).reshape(1).cpu()
             save_file(moments, str(tmp / "unet_optimizer.safetensors"))
     meta = {
@@ -103,15 +109,19 @@ def save_checkpoint(
 def load_checkpoint(
     directory: Path,
     pipe: FourDMPipeline,
+    params: dict[str, nn.Parameter],
     ema: dict[str, Tensor] | None,
     optimizer: torch.optim.Optimizer | None,
+    *,
+    built: bool,
 ) -> TrainState | None:
-    """Restore `save_checkpoint`'s files into `pipe`, `ema` and `optimizer`; None when `directory` holds none.
+    """Restore `save_checkpoint`'s files into `pipe` (the UNet's `params`; a built model's VAE and encoders), `ema`
+    and `optimizer`; None when `directory` holds none.
 
     Returns the state; its `unet_step` > 0 with no optimizer file means AdamW restarts (the caller warms up).
 
     Raises:
-        StageError: the files do not match this model (another config's architecture).
+        StageError: the files do not match this model (another architecture, or other trained parameters: mode).
     """
     directory = Path(directory)
     if not (directory / "state.json").is_file():
@@ -119,17 +129,18 @@ def load_checkpoint(
     meta = json.loads((directory / "state.json").read_text())
     device = pipe.device
 
-    def restore(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
+    def restore(module: nn.Module, state: dict[str, Tensor], what: str, strict: bool = True) -> None:
         try:
-            module.load_state_dict(state)
+            module.load_state_dict(state, strict=strict)
         except RuntimeError as err:
             raise StageError(f"{directory}: {what} does not match the configured model ({err})") from None
 
-    restore(pipe.vae, load_file(str(directory / "vae.safetensors")), "vae.safetensors")
-    encoders = load_file(str(directory / "encoders.safetensors"))
-    for name in ("text_encoder", "image_encoder"):
-        sub = {k[len(name) + 1 :]: v for k, v in encoders.items() if k.startswith(f"{name}.")}
-        restore(getattr(pipe, name), sub, f"encoders.safetensors ({name})")
+    if built:
+        restore(pipe.vae, load_file(str(directory / "vae.safetensors")), "vae.safetensors")
+        encoders = load_file(str(directory / "encoders.safetensors"))
+        for name in ("text_encoder", "image_encoder"):
+            sub = {k[len(name) + 1 :]: v for k, v in encoders.items() if k.startswith(f"{name}.")}
+            restore(getattr(pipe, name), sub, f"encoders.safetensors ({name})")
     state = TrainState(
         vae_step=int(meta["vae_step"]),
         unet_step=int(meta["unet_step"]),
@@ -143,25 +154,27 @@ def load_checkpoint(
         raw, averaged = directory / "unet.safetensors", directory / "unet_ema.safetensors"
         if not raw.is_file() and not averaged.is_file():
             raise StageError(f"{directory}: UNet step {state.unet_step} but neither {raw.name} nor {averaged.name}")
+        saved = load_file(str(raw if raw.is_file() else averaged))
+        buffers = {n for n, _ in pipe.unet.named_buffers()}
+        if set(params) - set(saved) or set(saved) - set(params) - buffers:
+            raise StageError(f"{directory} holds other trained UNet weights than this run (mode or model changed)")
         if raw.is_file():
-            restore(pipe.unet, load_file(str(raw)), raw.name)
-        else:  # a slim resume pack (scripts/install_demo_model.sh): training goes on from the EMA weights
+            restore(pipe.unet, saved, raw.name, strict=False)
+        else:  # a slim resume pack: training goes on from the EMA weights
             log.info("%s has no %s: training resumes from the EMA weights", directory, raw.name)
             with torch.no_grad():
-                for k, v in load_file(str(averaged)).items():
-                    pipe.unet.get_parameter(k).copy_(v.to(device))
+                for k, v in saved.items():
+                    params[k].copy_(v.to(device))
         if ema is not None:
-            saved = (
-                load_file(str(averaged))
-                if averaged.is_file()
-                else {k: p.detach() for k, p in pipe.unet.named_parameters()}
+            averaged_state = (
+                load_file(str(averaged)) if averaged.is_file() else {k: p.detach() for k, p in params.items()}
             )
             for k in ema:
-                ema[k].copy_(saved[k].to(device))
+                ema[k].copy_(averaged_state[k].to(device))
         opt_file = directory / "unet_optimizer.safetensors"
         if optimizer is not None and opt_file.is_file():
             moments = load_file(str(opt_file))
-            for name, p in pipe.unet.named_parameters():
+            for name, p in params.items():
                 if f"{name}.exp_avg" in moments:
                     optimizer.state[p] = {
                         "step": moments[f"{name}.step"].reshape(()).clone(),
@@ -185,18 +198,20 @@ def load_trained_vae(pipe: FourDMPipeline, folder: Path, dtype: torch.dtype) -> 
     vae_dir = folder / "vae" if (folder / "vae").is_dir() else folder
     weights, config = vae_dir / "diffusion_pytorch_model.safetensors", vae_dir / "config.json"
     if not weights.is_file() or not config.is_file():
-        raise StageError(f"vae_from {folder}: no exported VAE there (expected {weights} and {config})")
+        raise StageError(f"vae_phase.reuse {folder}: no exported VAE there (expected {weights} and {config})")
     theirs = json.loads(config.read_text())
     ours = dict(pipe.vae.config)
     keys = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "sample_size")
     norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     differ = {k: (theirs.get(k), ours.get(k)) for k in keys if norm(theirs.get(k)) != norm(ours.get(k))}
     if differ:
-        raise StageError(f"vae_from {folder}: the VAE differs from the configured one (theirs, ours): {differ}")
+        raise StageError(f"vae_phase.reuse {folder}: the VAE differs from the configured one (theirs, ours): {differ}")
     try:
         pipe.vae.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(weights)).items()})
     except RuntimeError as err:
-        raise StageError(f"vae_from {folder}: {weights.name} does not match the configured VAE ({err})") from None
+        raise StageError(
+            f"vae_phase.reuse {folder}: {weights.name} does not match the configured VAE ({err})"
+        ) from None
     round_to(pipe.vae, dtype)
     scaling = float(theirs["scaling_factor"])
     pipe.vae.register_to_config(scaling_factor=scaling)
@@ -205,7 +220,8 @@ def load_trained_vae(pipe: FourDMPipeline, folder: Path, dtype: torch.dtype) -> 
 
 
 def export_pipeline(pipe: FourDMPipeline, ema: dict[str, Tensor] | None, directory: Path, dtype: torch.dtype) -> None:
-    """Save the pipeline with the EMA UNet weights as a FourDM folder (`load_fourdm`), atomically."""
+    """Save the pipeline with the EMA UNet weights (`ema`: some or all UNet parameters) as a FourDM folder
+    (`load_fourdm`) in `dtype`, atomically."""
     directory = Path(directory)
     unet = copy.deepcopy(pipe.unet)
     if ema is not None:
