@@ -78,5 +78,6 @@ def rasterize_gsplat(
         render_mode="RGB+ED",
         backgrounds=background.expand(num_b, num_c, 3).contiguous(),
         rasterize_mode="classic",
+        packed=False,  # gsplat 1.5.3's packed path checks backgrounds against unbatched images: (B, C, 3) fails
     )  # (B, C, H, W, 4): rgb over the background, expected depth; (B, C, H, W, 1)
     return RasterOutput(rgb=colours_rgb[..., :3], alpha=alpha, depth=colours_rgb[..., 3:])
