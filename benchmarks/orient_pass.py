@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunks", type=int, nargs="+", default=None, help="orient_chunk_samples values")
     parser.add_argument("--size", type=int, default=None, help="render side (default: the last SDS resolution)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each timing (the pass: one more)")
     parser.add_argument(
         "--compare-all-gradients",
         action="store_true",
@@ -114,14 +115,14 @@ def main(argv: list[str] | None = None) -> dict:
         "samples": samples,
         "late_field": late,
     }
-    result["march_s"] = clock.time(march, args.repeats)
+    result["march_s"] = clock.time(march, args.repeats, warmup=args.warmup)
     g_opacity = torch.randn(rays, generator=torch.Generator().manual_seed(1)).to(device) * 1e-3
 
     def single() -> None:
         render.backward(lambda out, sl: (out.opacity * g_opacity[sl]).sum(), chunk_samples=max(chunks))
         trainer.field.zero_grad(set_to_none=True)
 
-    result["single_backward_s"] = clock.time(single, args.repeats)
+    result["single_backward_s"] = clock.time(single, args.repeats, warmup=args.warmup)
     result["chunks"] = []
     variants = [(chunk, True) for chunk in chunks] + [(chunks[0], False)] * args.compare_all_gradients
     for chunk, skipping in variants:
@@ -139,10 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
             trainer.field.zero_grad(set_to_none=True)
 
         try:
-            row["backward_s"] = clock.time(backward_only, args.repeats)
+            row["backward_s"] = clock.time(backward_only, args.repeats, warmup=args.warmup)
             clock.reset_peak()
-            # two warm-ups: each march draws new samples, and the first new sample counts can compile kernels anew
-            row["pass_s"] = clock.time(whole, args.repeats, warmup=2)
+            # one warm-up more: each march draws new samples, and the first new sample counts can compile kernels anew
+            row["pass_s"] = clock.time(whole, args.repeats, warmup=args.warmup + 1)
             row.update(clock.peak())
         except torch.OutOfMemoryError as err:
             torch.cuda.empty_cache()

@@ -32,7 +32,7 @@ def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_pa
             "--floor-repeats",
             "1",
             "--grad-chunk-samples",
-            "64",
+            "256",
             "--vae-chunk",
             "3",
             "--kernel-profile",
@@ -53,7 +53,7 @@ def test_distill_step_benchmark_smoke_run_reports_phases_floor_and_ratios(tmp_pa
         assert len(phase["step_times_s"]) == 2 and all(t > 0 for t in phase["step_times_s"])
         assert phase["render_floor"]["render_fwd_bwd_s"] > 0 and phase["floor_s"] > 0
         assert 0 < phase["samples_per_ray"] <= phase["evaluated_per_ray"] <= phase["candidates_per_ray"]
-        # --grad-chunk-samples 64 ran the deferred path: the profile has its field backward.
+        # --grad-chunk-samples 256 ran the deferred path: the profile has its field backward.
         assert "guidance" in phase["profile_s"] and "sds_field_backward" in phase["profile_s"]
         kernels = phase["kernel_profile"]  # --kernel-profile: the phases as profiler ranges, the top ops
         assert {"guidance", "sds_render", "orient"} <= set(kernels["phases"]) and kernels["launches"] > 0
