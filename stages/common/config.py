@@ -217,12 +217,26 @@ def flatten_config(config: BaseModel) -> dict[str, str]:
     return out
 
 
+_CONFIG_MODULES = {"train_fourdm": "stages.mvgen.training.config"}
+"""Config file names (or their prefix before `_`) whose config class lives outside `stages.<name>.config`."""
+
+
 def _config_class(path: Path) -> type[StageConfig] | None:
-    """The stage config class of `configs/[<set>/]<stage>.yaml`: the StageConfig of `stages.<stage>.config`."""
+    """The config class of `configs/[<set>/]<name>.yaml`: the StageConfig of `stages.<name>.config`, where <name>
+    is the file's stem, or its part before the first `_` for an overlay such as `distill_gaussians.yaml`, and
+    4DM training's TrainConfig for `train_fourdm*.yaml`."""
     import importlib
 
+    stem = Path(path).stem
+    name = next((k for k in _CONFIG_MODULES if stem == k or stem.startswith(k + "_")), None)
     try:
-        module = importlib.import_module(f"stages.{Path(path).stem}.config")
+        if name is not None:
+            module = importlib.import_module(_CONFIG_MODULES[name])
+        else:
+            try:
+                module = importlib.import_module(f"stages.{stem}.config")
+            except ModuleNotFoundError:
+                module = importlib.import_module(f"stages.{stem.split('_')[0]}.config")
     except ModuleNotFoundError:
         return None
     found = [

@@ -180,3 +180,29 @@ def test_show_fails_with_one_line_on_a_bad_overlay(tmp_path, capsys):
     path = write_base_and_overlay(tmp_path, {"num_frame": 4})
     assert config_main(["show", str(path)]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "bad_key"),
+    [("demo/train_fourdm.yaml", "schedule.steps"), ("demo-gpu/distill_gaussians.yaml", "gaussians.num_gaussians")],
+)
+def test_show_validates_training_and_recipe_overlays(tmp_path, capsys, name, bad_key):
+    """`show` validates a 4DM training overlay and a stage's recipe overlay (distill_gaussians.yaml) against their
+    config classes: a value the class refuses (a count of -1) is one error line, not a printed config."""
+    import shutil
+
+    repo_configs = Path(__file__).resolve().parents[2] / "configs"
+    for src in repo_configs.rglob("*.yaml"):
+        dst = tmp_path / src.relative_to(repo_configs)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    overlay = tmp_path / name
+    assert config_main(["show", str(overlay)]) == 0
+    capsys.readouterr()
+    section, key = bad_key.split(".")
+    data = yaml.safe_load(overlay.read_text())
+    data.setdefault(section, {})[key] = -1
+    overlay.write_text(yaml.safe_dump(data))
+    assert config_main(["show", str(overlay)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and key in err
