@@ -360,7 +360,7 @@ def test_v_prediction_with_zero_terminal_snr_ships_its_scheduler_and_reuses_a_tr
     v = ("model.prediction_type=v_prediction", "model.zero_terminal_snr=true")
     cfg = tiny_config(*v, f"vae_phase.reuse={trained / EXPORT}")
     run(cfg, data_dir=data, output_dir=out)
-    # vae_phase.reuse: phase 1 skipped, the earlier run's VAE and scaling factor ship unchanged
+    # with vae_phase.reuse the run trains no VAE phase and ships the given run's VAE and scaling factor as they are
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in log} == {"unet"}
     part = "vae/diffusion_pytorch_model.safetensors"
