@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from stages.common.cameras import OrbitCamera, focal_length_px
 
-__all__ = ["Rays", "SDSViews", "sample_sds_views", "camera_rays", "pixel_directions"]
+if TYPE_CHECKING:
+    from stages.distill.config import CameraConfig
+
+__all__ = ["Rays", "SDSViews", "sample_sds_views", "draw_sds_views", "camera_rays", "pixel_directions"]
 
 
 @dataclass
@@ -57,6 +61,18 @@ def sample_sds_views(
     azimuths = [((u_az + k) / num_views) * 360.0 - 180.0 for k in range(num_views)]
     cameras = [OrbitCamera.from_angles(k, a, elevation, radius, fov_y_deg) for k, a in enumerate(azimuths)]
     return SDSViews(azimuths_deg=azimuths, elevation_deg=elevation, cameras=cameras)
+
+
+def draw_sds_views(generator: torch.Generator, cameras: CameraConfig) -> SDSViews:
+    """`sample_sds_views` with the stage config's `cameras` section (what each training step draws)."""
+    return sample_sds_views(
+        generator,
+        num_views=cameras.num_views,
+        elevation_min_deg=cameras.elevation_min_deg,
+        elevation_max_deg=cameras.elevation_max_deg,
+        radius=cameras.radius,
+        fov_y_deg=cameras.fov_y_deg,
+    )
 
 
 def camera_rays(camera: OrbitCamera, size_px: int, device: torch.device | str = "cpu") -> Rays:

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stages.common.cameras import fourdm_camera_vectors
-from stages.distill.config import OFFICIAL_SDS_NEGATIVE_PROMPT
+from stages.distill.cameras import SDSViews
+from stages.distill.config import OFFICIAL_SDS_NEGATIVE_PROMPT, DistillConfig
 from stages.distill.host import to_device
 from stages.mvgen import FourDMPipeline, predicted_x0, prediction_type
 
@@ -122,6 +123,29 @@ class FourDMGuidance:
         posterior = vae.encode((x * 2.0 - 1.0).to(vae.dtype)).latent_dist
         noise = to_device(noise, posterior.mean.device).to(posterior.mean.dtype)
         return (posterior.mean + posterior.std * noise).float() * vae.config.scaling_factor
+
+    def at_step(
+        self,
+        rgb: Tensor,
+        cond: GuidanceConditioning,
+        views: SDSViews,
+        config: DistillConfig,
+        step: int,
+        generator: torch.Generator,
+    ) -> SDSOutput:
+        """SDS as a training step calls it: the views' cameras, the timestep range the config's schedules give at
+        `step`, the config's `runtime.vae_chunk`."""
+        steps = self.num_train_timesteps
+        return self(
+            rgb,
+            cond,
+            azimuths_deg=views.azimuths_deg,
+            elevation_deg=views.elevation_deg,
+            min_step=int(steps * config.guidance.min_step_percent(step)),
+            max_step=int(steps * config.guidance.max_step_percent(step)),
+            generator=generator,
+            vae_chunk=config.runtime.vae_chunk,
+        )
 
     def __call__(
         self,

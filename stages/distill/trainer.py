@@ -22,7 +22,7 @@ from stages.common.lpips import LPIPSVGG
 from stages.distill.anchor import AnchorTarget
 from stages.distill.backprop import build_backprop
 from stages.distill.builders import build_field, build_occupancy, build_optimizer, field_kwargs, set_learning_rates
-from stages.distill.cameras import Rays, SDSViews, camera_rays, sample_sds_views
+from stages.distill.cameras import Rays, SDSViews, camera_rays, draw_sds_views
 from stages.distill.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from stages.distill.config import DistillConfig
 from stages.distill.fields import DynamicNeRFField
@@ -213,7 +213,6 @@ class Trainer:
         same random draws, samples and gradients within float tolerance).
         """
         cfg, w, step = self.config, self.config.loss_weights, self.step
-        cams = cfg.cameras
         metrics: dict[str, Tensor | float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         terms: list[Tensor] = []  # weighted loss terms, in the order they are added to the total
@@ -224,14 +223,7 @@ class Trainer:
                 self.occupancy.update(step, self._max_density, self.step_size, self.generator)
         # 2. SDS renders: V random orthogonal views × all F timestamps.
         size = cfg.sds_resolution(step)
-        views = sample_sds_views(
-            self.generator,
-            num_views=cams.num_views,
-            elevation_min_deg=cams.elevation_min_deg,
-            elevation_max_deg=cams.elevation_max_deg,
-            radius=cams.radius,
-            fov_y_deg=cams.fov_y_deg,
-        )
+        views = draw_sds_views(self.generator, cfg.cameras)
         # 3-4. SDS and the opacity regularisers on its renders. SDS is off before guidance.start_step (ours: a
         # reconstruction phase first); the renders are skipped when neither SDS nor a regulariser reads them.
         sds_on = w.sds > 0 and step >= cfg.guidance.start_step
@@ -311,17 +303,7 @@ class Trainer:
         with self._phase("guidance"):
             if sds_on:
                 assert self.guidance is not None and self.conditioning is not None
-                steps = self.guidance.num_train_timesteps
-                sds = self.guidance(
-                    rgb,
-                    self.conditioning,
-                    azimuths_deg=views.azimuths_deg,
-                    elevation_deg=views.elevation_deg,
-                    min_step=int(steps * cfg.guidance.min_step_percent(step)),
-                    max_step=int(steps * cfg.guidance.max_step_percent(step)),
-                    generator=self.generator,
-                    vae_chunk=cfg.runtime.vae_chunk,
-                )
+                sds = self.guidance.at_step(rgb, self.conditioning, views, cfg, step, self.generator)
                 sds_terms.append(cfg.loss_weights.sds * sds.loss)
                 metrics["loss/sds"] = sds.loss.detach()
             if lam_sparsity > 0:

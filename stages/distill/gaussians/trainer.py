@@ -1,7 +1,7 @@
 """GaussianTrainer: the distill optimisation with 4D Gaussians in place of the NeRF (ours; `field.representation`).
 
 The same loss terms, weights and schedules as `stages.distill.trainer.Trainer`, on whole rasterised images:
-1. SDS: the V random SDS views (`sample_sds_views`, the same draws) × every timestamp rendered on white at the SDS
+1. SDS: the V random SDS views (`draw_sds_views`, the same draws) × every timestamp rendered on white at the SDS
    size and passed to `FourDMGuidance` exactly as the NeRF path does; the opacity regularisers on their alphas;
 2. the anchor loss (eq. 11, optional L1) on the anchor views at one random frame;
 3. the reconstruction term (ours): `reconstruction.rays_per_step / size²` random (view, frame) images of the anchor
@@ -25,7 +25,7 @@ from torch import Tensor
 from stages.common.cameras import OrbitCamera
 from stages.common.lpips import LPIPSVGG
 from stages.distill.anchor import AnchorTarget
-from stages.distill.cameras import sample_sds_views
+from stages.distill.cameras import draw_sds_views
 from stages.distill.config import DistillConfig
 from stages.distill.fit_loop import fit
 from stages.distill.gaussians.field import GaussianField4D
@@ -177,37 +177,20 @@ class GaussianTrainer:
     def step_tensors(self) -> dict[str, Tensor | float]:
         """One optimisation step; the logged terms as device tensors."""
         cfg, w, step = self.config, self.config.loss_weights, self.step
-        cams = cfg.cameras
         metrics: dict[str, Tensor | float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         # 1. SDS renders: V random orthogonal views × all F timestamps, and the opacity regularisers on them.
         size = cfg.sds_resolution(step)
-        views = sample_sds_views(
-            self.generator,
-            num_views=cams.num_views,
-            elevation_min_deg=cams.elevation_min_deg,
-            elevation_max_deg=cams.elevation_max_deg,
-            radius=cams.radius,
-            fov_y_deg=cams.fov_y_deg,
-        )
+        views = draw_sds_views(self.generator, cfg.cameras)
         sds_on = w.sds > 0 and step >= cfg.guidance.start_step
         lam_sparsity, lam_opaque = w.sparsity(step), w.opaque(step)
         if sds_on or lam_sparsity > 0 or lam_opaque > 0:
             out = self.images(views.cameras, self.times, size)
             if sds_on:
                 assert self.guidance is not None and self.conditioning is not None
-                steps = self.guidance.num_train_timesteps
-                sds = self.guidance(
-                    out.rgb.permute(0, 1, 4, 2, 3),  # (F, V, H, W, 3) → (F, V, 3, H, W)
-                    self.conditioning,
-                    azimuths_deg=views.azimuths_deg,
-                    elevation_deg=views.elevation_deg,
-                    min_step=int(steps * cfg.guidance.min_step_percent(step)),
-                    max_step=int(steps * cfg.guidance.max_step_percent(step)),
-                    generator=self.generator,
-                    vae_chunk=cfg.runtime.vae_chunk,
-                )
+                rgb = out.rgb.permute(0, 1, 4, 2, 3)  # (F, V, H, W, 3) → (F, V, 3, H, W)
+                sds = self.guidance.at_step(rgb, self.conditioning, views, cfg, step, self.generator)
                 total = total + w.sds * sds.loss
                 metrics["loss/sds"] = sds.loss.detach()
             if lam_sparsity > 0:
