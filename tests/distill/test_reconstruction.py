@@ -9,7 +9,7 @@ import torch
 from stages.common.cameras import OrbitCamera
 from stages.distill.backprop import DeferredBackprop, DirectBackprop
 from stages.distill.cameras import camera_rays
-from stages.distill.guidance import SDSOutput
+from stages.distill.guidance import FourDMGuidance, SDSOutput
 from stages.distill.reconstruction import ReconstructionRays
 from stages.distill.schedules import LinearSchedule
 from stages.distill.trainer import AnchorTarget, Trainer, build_field
@@ -158,6 +158,7 @@ class RecordingGuidance:
     """Stands in for FourDMGuidance: records what SDS is asked for and returns a loss that pulls renders to grey."""
 
     num_train_timesteps = 1000
+    at_step = FourDMGuidance.at_step  # the trainers' entry: the real schedule arithmetic, then __call__ below
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
