@@ -222,21 +222,17 @@ _CONFIG_MODULES = {"train_fourdm": "stages.mvgen.training.config"}
 
 
 def _config_class(path: Path) -> type[StageConfig] | None:
-    """The config class of `configs/[<set>/]<name>.yaml`: the StageConfig of `stages.<name>.config`, where <name>
-    is the file's stem, or its part before the first `_` for an overlay such as `distill_gaussians.yaml`, and
+    """The config class of `configs/[<set>/]<name>.yaml`: the StageConfig of `stages.<stage>.config`, where <stage>
+    is the file's stem up to its first `_` (no stage name has one; `distill_gaussians.yaml` is a distill recipe), and
     4DM training's TrainConfig for `train_fourdm*.yaml`."""
     import importlib
 
     stem = Path(path).stem
     name = next((k for k in _CONFIG_MODULES if stem == k or stem.startswith(k + "_")), None)
     try:
-        if name is not None:
-            module = importlib.import_module(_CONFIG_MODULES[name])
-        else:
-            try:
-                module = importlib.import_module(f"stages.{stem}.config")
-            except ModuleNotFoundError:
-                module = importlib.import_module(f"stages.{stem.split('_')[0]}.config")
+        module = importlib.import_module(
+            _CONFIG_MODULES[name] if name is not None else f"stages.{stem.split('_')[0]}.config"
+        )
     except ModuleNotFoundError:
         return None
     found = [
