@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from stages.common.artifacts import (
     CONFIG_FILE,
@@ -110,16 +111,15 @@ def run(
     # the extra anchor views (ours, off by default) the same way.
     def anchor_video(view: int) -> torch.Tensor:
         """(F, 4, H, W): the anchor target (`losses.anchor_target`) and the binary mask of one mvgen view."""
-        frames_v = []
-        for f in range(views.num_frames):
-            rgba = read_rgba(views.frame_path(input_dir, view, f))
-            mask = torch.from_numpy(rgba[..., 3:].astype(np.float32) / 255.0 > 0.5).float().permute(2, 0, 1)
-            frames_v.append(torch.cat([anchor_target(rgba), mask]))  # (4, H, W)
-        return torch.stack(frames_v)  # (F, 4, H, W)
+        return torch.stack(
+            [_anchor_frame(read_rgba(views.frame_path(input_dir, view, f))) for f in range(views.num_frames)]
+        )
 
     mv_cameras = load_cameras(input_dir / views.cameras_file)
     anchor_views = [config.cameras.anchor_view, *config.cameras.extra_anchor_views]
     videos = torch.stack([anchor_video(v) for v in anchor_views])  # (A, F, 4, H, W)
+    if config.cameras.anchor_source == "input":  # ours: the input video is the anchor video at its camera
+        videos[0] = _input_anchor_video(source.frame_paths(preprocess_dir), mv_cameras[anchor_views[0]], videos[0])
     anchor = AnchorTarget(
         frames=videos[0, :, :3].contiguous(),
         camera=mv_cameras[anchor_views[0]],
@@ -288,6 +288,36 @@ def write_train_log(path: Path, records: list[dict[str, float]]) -> None:
     """The losses of every logged step as JSON lines (`{"step": …, "loss/total": …, …}`), for people and the eval
     report's loss curves. A resumed run logs the steps before its checkpoint too (the checkpoint carries them)."""
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
+
+
+def _anchor_frame(rgba: np.ndarray) -> torch.Tensor:
+    """(4, H, W): the anchor target (`losses.anchor_target`) of a uint8 RGBA frame and its binary mask (α > 0.5)."""
+    mask = torch.from_numpy(rgba[..., 3:].astype(np.float32) / 255.0 > 0.5).float().permute(2, 0, 1)
+    return torch.cat([anchor_target(rgba), mask])
+
+
+def _input_anchor_video(frame_paths: list[Path], camera: OrbitCamera, generated: torch.Tensor) -> torch.Tensor:
+    """(F, 4, H, W): the input frames as the anchor video at `camera` (`cameras.anchor_source: input`), each
+    area-resized to the generated anchor video's (F, 4, H, W) size.
+
+    Raises:
+        StageError: the anchor camera is not the input's (azimuth 0, elevation 0) or the frame counts differ.
+    """
+    if abs(camera.azimuth_deg) > 1e-6 or abs(camera.elevation_deg) > 1e-6:
+        raise StageError(
+            f"cameras.anchor_source input needs the anchor view at the input camera (azimuth 0, elevation 0); mvgen "
+            f"view {camera.view} is at azimuth {camera.azimuth_deg:g}, elevation {camera.elevation_deg:g}"
+        )
+    num_frames, _, size, _ = generated.shape
+    if len(frame_paths) != num_frames:
+        raise StageError(f"cameras.anchor_source input: {len(frame_paths)} input frames, {num_frames} mvgen frames")
+    frames = []
+    for path in frame_paths:
+        rgba = read_rgba(path)
+        if rgba.shape[:2] != (size, size):
+            rgba = np.asarray(Image.fromarray(rgba).resize((size, size), Image.Resampling.BOX))
+        frames.append(_anchor_frame(rgba))
+    return torch.stack(frames)
 
 
 def _inputs_sha256(config: DistillConfig, *dirs: Path) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from stages.common.artifacts import DistillManifest, git_sha, load_any_manifest
@@ -317,3 +318,67 @@ def test_distill_killed_anywhere_and_rerun_ends_with_the_uninterrupted_output_an
     assert DistillManifest.load(out) == reference
     assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt", "out"]  # no staging folder
     assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint.safetensors"]  # no half-written temp file
+
+
+def test_anchor_source_input_puts_the_input_frames_at_the_input_camera(upstream, tmp_path):
+    from stages.common.artifacts import MvgenManifest, PreprocessManifest
+    from stages.distill.losses import anchor_target
+
+    config = TINY.model_copy(
+        update={"cameras": TINY.cameras.model_copy(update={"anchor_source": "input", "extra_anchor_views": [1]})}
+    )
+    seen = {}
+    run_tiny(
+        upstream, tmp_path / "out", config=config, on_step=lambda trainer: seen.setdefault("anchor", trainer.anchor)
+    )
+    anchor = seen["anchor"]
+    pre = PreprocessManifest.load(upstream["pre"])
+    inputs = torch.stack([anchor_target(read_rgba(p)) for p in pre.frame_paths(upstream["pre"])])
+    views = MvgenManifest.load(upstream["mvgen"]).views
+    generated = torch.stack(
+        [anchor_target(read_rgba(views.frame_path(upstream["mvgen"], 1, f))) for f in range(views.num_frames)]
+    )
+    assert anchor.camera.azimuth_deg == 0.0 and anchor.camera.elevation_deg == 0.0
+    assert torch.equal(anchor.frames, inputs)  # the input video, not mvgen's view 0
+    assert not torch.equal(
+        inputs,
+        torch.stack(
+            [anchor_target(read_rgba(views.frame_path(upstream["mvgen"], 0, f))) for f in range(views.num_frames)]
+        ),
+    )
+    assert torch.equal(anchor.extra_frames[0], generated)  # the extra views stay mvgen's
+    masks = torch.stack(
+        [torch.from_numpy(read_rgba(p)[..., 3] > 127).float() for p in pre.frame_paths(upstream["pre"])]
+    )
+    assert torch.equal(anchor.masks[0, :, 0], masks)
+
+
+def test_anchor_source_input_is_area_resized_to_the_anchor_videos_size(tmp_path):
+    from stages.common.cameras import OrbitCamera
+    from stages.common.image_io import write_rgba
+    from stages.distill.losses import anchor_target
+    from stages.distill.run import _input_anchor_video
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, size=(2, 8, 8, 4), dtype=np.uint8)
+    big[..., 3] = np.where(big[..., 3] > 100, 255, 0)
+    paths = [tmp_path / f"rgba_{i:05d}.png" for i in range(2)]
+    for path, frame in zip(paths, big, strict=True):
+        write_rgba(path, frame)
+    front = OrbitCamera.from_angles(0, 0.0, 0.0, 1.1, 45.0)
+    video = _input_anchor_video(paths, front, torch.zeros(2, 4, 4, 4))
+    # PIL's BOX filter halving a size: each 2×2 block's area mean, colours weighted by alpha (premultiplied)
+    block = big.astype(np.float64).reshape(2, 4, 2, 4, 2, 4).transpose(0, 1, 3, 2, 4, 5).reshape(2, 4, 4, 4, 4)
+    alpha = block[..., 3:] / 255.0
+    rgb = (block[..., :3] * alpha).sum(axis=3) / np.maximum(alpha.sum(axis=3), 1e-9)
+    small = np.floor(np.concatenate([rgb, alpha.mean(axis=3) * 255.0], axis=-1) + 0.5).astype(np.uint8)
+    expected = torch.stack(
+        [torch.cat([anchor_target(f), torch.from_numpy(f[None, ..., 3] > 127).float()]) for f in small]
+    )
+    assert video.shape == (2, 4, 4, 4)
+    assert torch.allclose(video, expected, atol=3 / 255)  # 8-bit premultiplied rounding
+    side = OrbitCamera.from_angles(1, 90.0, 0.0, 1.1, 45.0)
+    with pytest.raises(StageError, match="azimuth 0, elevation 0"):
+        _input_anchor_video(paths, side, torch.zeros(2, 4, 4, 4))
+    with pytest.raises(StageError, match="2 input frames, 3 mvgen frames"):
+        _input_anchor_video(paths, front, torch.zeros(3, 4, 4, 4))
