@@ -357,7 +357,6 @@ def test_anchor_source_input_is_area_resized_to_the_anchor_videos_size(tmp_path)
     from stages.common.cameras import OrbitCamera
     from stages.common.image_io import write_rgba
     from stages.distill.losses import anchor_target
-    from stages.distill.run import _input_anchor_video
 
     rng = np.random.default_rng(0)
     big = rng.integers(0, 256, size=(2, 8, 8, 4), dtype=np.uint8)
@@ -366,7 +365,8 @@ def test_anchor_source_input_is_area_resized_to_the_anchor_videos_size(tmp_path)
     for path, frame in zip(paths, big, strict=True):
         write_rgba(path, frame)
     front = OrbitCamera.from_angles(0, 0.0, 0.0, 1.1, 45.0)
-    video = _input_anchor_video(paths, front, torch.zeros(2, 4, 4, 4))
+    run_module = sys.modules["stages.distill.run"]  # loaded by `from stages.distill import run`
+    video = run_module._input_anchor_video(paths, front, torch.zeros(2, 4, 4, 4))
     # PIL's BOX filter halving a size: each 2×2 block's area mean, colours weighted by alpha (premultiplied)
     block = big.astype(np.float64).reshape(2, 4, 2, 4, 2, 4).transpose(0, 1, 3, 2, 4, 5).reshape(2, 4, 4, 4, 4)
     alpha = block[..., 3:] / 255.0
@@ -379,6 +379,6 @@ def test_anchor_source_input_is_area_resized_to_the_anchor_videos_size(tmp_path)
     assert torch.allclose(video, expected, atol=3 / 255)  # 8-bit premultiplied rounding
     side = OrbitCamera.from_angles(1, 90.0, 0.0, 1.1, 45.0)
     with pytest.raises(StageError, match="azimuth 0, elevation 0"):
-        _input_anchor_video(paths, side, torch.zeros(2, 4, 4, 4))
+        run_module._input_anchor_video(paths, side, torch.zeros(2, 4, 4, 4))
     with pytest.raises(StageError, match="2 input frames, 3 mvgen frames"):
-        _input_anchor_video(paths, front, torch.zeros(3, 4, 4, 4))
+        run_module._input_anchor_video(paths, front, torch.zeros(3, 4, 4, 4))
