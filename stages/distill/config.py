@@ -101,8 +101,8 @@ class CameraConfig(SubConfig):
     """mvgen view used as the anchor video (0 = azimuth 0, the input view; spec §5.2)."""
     anchor_source: Literal["mvgen", "input"] = "mvgen"
     """Where the anchor video at the input camera comes from. `mvgen` (the paper, spec §5.2): the 4DM's generated
-    view at `anchor_view`. `input` (ours): the input video itself (the preprocess frames, area-resized to the anchor
-    videos' size): 4DM is conditioned on it as the front view (azimuth 0, elevation 0) and its view 0 redraws it in
+    view at `anchor_view`. `input` (ours): the input video itself (the preprocess frames, which mvgen samples at
+    their own size): 4DM is conditioned on it as the front view (azimuth 0, elevation 0) and its view 0 redraws it in
     the same framing, so the input is that view with known rather than generated pixels. Needs `anchor_view` at
     azimuth 0, elevation 0. The paper avoids it because a real video's elevation is unknown."""
     extra_anchor_views: list[int] = Field(default_factory=list)

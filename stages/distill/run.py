@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from stages.common.artifacts import (
     CONFIG_FILE,
@@ -84,6 +83,13 @@ def run(
     for v in (config.cameras.anchor_view, *config.cameras.extra_anchor_views):
         if v >= views.num_views:
             raise StageError(f"anchor view {v} (cameras.anchor_view/extra_anchor_views): mvgen has {views.num_views}")
+    mv_cameras = load_cameras(input_dir / views.cameras_file)
+    front = mv_cameras[config.cameras.anchor_view]
+    if config.cameras.anchor_source == "input" and (abs(front.azimuth_deg) > 1e-6 or abs(front.elevation_deg) > 1e-6):
+        raise StageError(
+            f"cameras.anchor_source input needs the anchor view at the input camera (azimuth 0, elevation 0); mvgen "
+            f"view {front.view} is at azimuth {front.azimuth_deg:g}, elevation {front.elevation_deg:g}"
+        )
     device = resolve_device(config.device)
     if config.mesh.enabled:
         require_mesh_libraries()  # before the optimisation, not after it
@@ -93,7 +99,8 @@ def run(
     # 2. Frozen networks: 4DM for SDS, LPIPS-VGG for the anchor loss.
     w = config.loss_weights
     guidance = conditioning = lpips = None
-    frames = np.stack([composite_on_white(read_rgba(p)) for p in source.frame_paths(preprocess_dir)])  # (F, H, W, 3)
+    inputs = [read_rgba(p) for p in source.frame_paths(preprocess_dir)]  # uint8 (H, W, 4), mvgen's size and frames
+    frames = np.stack([composite_on_white(rgba) for rgba in inputs])  # (F, H, W, 3)
     if w.sds > 0:
         pipe = load_fourdm(weights_dir, torch_dtype=_DTYPES[config.guidance.dtype]).to(device)
         guidance = FourDMGuidance(
@@ -107,19 +114,20 @@ def run(
     if w.anchor_lpips > 0:
         lpips = load_anchor_lpips(lpips_dir).to(device)
 
-    # 3. The anchor video: the mvgen view at the input camera, binary mask (alpha > 0.5) on white (spec §5.2), and
-    # the extra anchor views (ours, off by default) the same way.
+    # 3. The anchor video: the mvgen view at the input camera (spec §5.2; ours: or the input video itself), binary
+    # mask (alpha > 0.5) on white, and the extra anchor views (ours, off by default) the same way.
     def anchor_video(view: int) -> torch.Tensor:
         """(F, 4, H, W): the anchor target (`losses.anchor_target`) and the binary mask of one mvgen view."""
         return torch.stack(
             [_anchor_frame(read_rgba(views.frame_path(input_dir, view, f))) for f in range(views.num_frames)]
         )
 
-    mv_cameras = load_cameras(input_dir / views.cameras_file)
     anchor_views = [config.cameras.anchor_view, *config.cameras.extra_anchor_views]
-    videos = torch.stack([anchor_video(v) for v in anchor_views])  # (A, F, 4, H, W)
     if config.cameras.anchor_source == "input":  # ours: the input video is the anchor video at its camera
-        videos[0] = _input_anchor_video(source.frame_paths(preprocess_dir), mv_cameras[anchor_views[0]], videos[0])
+        first = torch.stack([_anchor_frame(rgba) for rgba in inputs])
+    else:
+        first = anchor_video(anchor_views[0])
+    videos = torch.stack([first, *(anchor_video(v) for v in anchor_views[1:])])  # (A, F, 4, H, W)
     anchor = AnchorTarget(
         frames=videos[0, :, :3].contiguous(),
         camera=mv_cameras[anchor_views[0]],
@@ -294,30 +302,6 @@ def _anchor_frame(rgba: np.ndarray) -> torch.Tensor:
     """(4, H, W): the anchor target (`losses.anchor_target`) of a uint8 RGBA frame and its binary mask (α > 0.5)."""
     mask = torch.from_numpy(rgba[..., 3:].astype(np.float32) / 255.0 > 0.5).float().permute(2, 0, 1)
     return torch.cat([anchor_target(rgba), mask])
-
-
-def _input_anchor_video(frame_paths: list[Path], camera: OrbitCamera, generated: torch.Tensor) -> torch.Tensor:
-    """(F, 4, H, W): the input frames as the anchor video at `camera` (`cameras.anchor_source: input`), each
-    area-resized to the generated anchor video's (F, 4, H, W) size.
-
-    Raises:
-        StageError: the anchor camera is not the input's (azimuth 0, elevation 0) or the frame counts differ.
-    """
-    if abs(camera.azimuth_deg) > 1e-6 or abs(camera.elevation_deg) > 1e-6:
-        raise StageError(
-            f"cameras.anchor_source input needs the anchor view at the input camera (azimuth 0, elevation 0); mvgen "
-            f"view {camera.view} is at azimuth {camera.azimuth_deg:g}, elevation {camera.elevation_deg:g}"
-        )
-    num_frames, _, size, _ = generated.shape
-    if len(frame_paths) != num_frames:
-        raise StageError(f"cameras.anchor_source input: {len(frame_paths)} input frames, {num_frames} mvgen frames")
-    frames = []
-    for path in frame_paths:
-        rgba = read_rgba(path)
-        if rgba.shape[:2] != (size, size):
-            rgba = np.asarray(Image.fromarray(rgba).resize((size, size), Image.Resampling.BOX))
-        frames.append(_anchor_frame(rgba))
-    return torch.stack(frames)
 
 
 def _inputs_sha256(config: DistillConfig, *dirs: Path) -> str:

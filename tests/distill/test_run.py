@@ -353,32 +353,10 @@ def test_anchor_source_input_puts_the_input_frames_at_the_input_camera(upstream,
     assert torch.equal(anchor.masks[0, :, 0], masks)
 
 
-def test_anchor_source_input_is_area_resized_to_the_anchor_videos_size(tmp_path):
-    from stages.common.cameras import OrbitCamera
-    from stages.common.image_io import write_rgba
-    from stages.distill.losses import anchor_target
-
-    rng = np.random.default_rng(0)
-    big = rng.integers(0, 256, size=(2, 8, 8, 4), dtype=np.uint8)
-    big[..., 3] = np.where(big[..., 3] > 100, 255, 0)
-    paths = [tmp_path / f"rgba_{i:05d}.png" for i in range(2)]
-    for path, frame in zip(paths, big, strict=True):
-        write_rgba(path, frame)
-    front = OrbitCamera.from_angles(0, 0.0, 0.0, 1.1, 45.0)
-    run_module = sys.modules["stages.distill.run"]  # loaded by `from stages.distill import run`
-    video = run_module._input_anchor_video(paths, front, torch.zeros(2, 4, 4, 4))
-    # PIL's BOX filter halving a size: each 2×2 block's area mean, colours weighted by alpha (premultiplied)
-    block = big.astype(np.float64).reshape(2, 4, 2, 4, 2, 4).transpose(0, 1, 3, 2, 4, 5).reshape(2, 4, 4, 4, 4)
-    alpha = block[..., 3:] / 255.0
-    rgb = (block[..., :3] * alpha).sum(axis=3) / np.maximum(alpha.sum(axis=3), 1e-9)
-    small = np.floor(np.concatenate([rgb, alpha.mean(axis=3) * 255.0], axis=-1) + 0.5).astype(np.uint8)
-    expected = torch.stack(
-        [torch.cat([anchor_target(f), torch.from_numpy(f[None, ..., 3] > 127).float()]) for f in small]
+def test_anchor_source_input_refuses_an_anchor_view_away_from_the_input_camera(upstream, tmp_path):
+    config = TINY.model_copy(
+        update={"cameras": TINY.cameras.model_copy(update={"anchor_source": "input", "anchor_view": 1})}
     )
-    assert video.shape == (2, 4, 4, 4)
-    assert torch.allclose(video, expected, atol=3 / 255)  # 8-bit premultiplied rounding
-    side = OrbitCamera.from_angles(1, 90.0, 0.0, 1.1, 45.0)
-    with pytest.raises(StageError, match="azimuth 0, elevation 0"):
-        run_module._input_anchor_video(paths, side, torch.zeros(2, 4, 4, 4))
-    with pytest.raises(StageError, match="2 input frames, 3 mvgen frames"):
-        run_module._input_anchor_video(paths, front, torch.zeros(3, 4, 4, 4))
+    with pytest.raises(StageError, match="needs the anchor view at the input camera .* view 1 is at azimuth 90"):
+        run_tiny(upstream, tmp_path / "out", config=config)
+    assert not (tmp_path / "out").exists()  # refused before anything is loaded or written
