@@ -169,6 +169,19 @@ def test_front_view_windows_with_any_base_keep_the_front_condition_and_vary_the_
     focus_spec = spec(time_reversal=True, focus_clip=0, focus_fraction=1.0, **draw)
     focus = sample_windows(bank, 50, focus_spec, torch.Generator().manual_seed(4))
     assert all([decode(bank, int(j))[0] for j in focus.views[i, 0]] == [4, 6, 0, 2] for i in range(50))
+    # ... unless focus_any_base: then the focus clip's windows, front view in, any quadruple out
+    focus_spec = spec(time_reversal=True, focus_clip=0, focus_fraction=1.0, focus_any_base=True, **draw)
+    focus = sample_windows(bank, 200, focus_spec, torch.Generator().manual_seed(4))
+    assert (focus.clips == 0).all()
+    bases = set()
+    for i in range(200):
+        assert {decode(bank, int(j))[0] for j in focus.condition[i]} == {4}
+        ring = [decode(bank, int(j))[0] for j in focus.views[i, 0]]
+        assert ring == [(ring[0] + 2 * k) % 8 for k in range(4)]
+        bases.add(ring[0])
+        azimuths = [((v - 4) * 45.0) % 360.0 for v in ring]
+        np.testing.assert_allclose(focus.cameras[i].numpy(), fourdm_camera_vectors(azimuths, 0.0), atol=1e-6)
+    assert bases == set(range(8))
 
 
 def test_too_short_clips_are_a_clear_error(data):

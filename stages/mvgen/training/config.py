@@ -145,7 +145,12 @@ class DataConfig(SubConfig):
     way."""
     front_view_any_base: bool = False
     """With `front_view_only`: the 4 orthogonal views start at the ring's random view (the SDS of distill asks for 4
-    views at any azimuth), still conditioned on the front view. Focus windows keep the front quadruple."""
+    views at any azimuth), still conditioned on the front view. Focus windows keep the front quadruple unless
+    `focus_any_base`."""
+    focus_any_base: bool = False
+    """Focus windows' 4 orthogonal views start at a random view of the ring (still conditioned on the front view),
+    so the model learns the focus clip at every quadruple distill asks for (its 8 anchor views at 0° and 45°
+    offsets), not only at 0/90/180/270°."""
     in_memory: bool = False
     """`false`: read each window's images from disk every step and encode them with the frozen VAE and CLIP.
     `true`: decode every image once, then (after the VAE phase) cache its posterior, CLIP-vision tokens and the

@@ -337,8 +337,8 @@ def _final_report(
     recipe_keys = (
         "schedule.batch_size", "optim.learning_rate", "conditioning.condition_dropout",
         "conditioning.drop_with_reference", "data.focus_clip", "data.focus_fraction", "vae_phase.reuse",
-        "data.front_view_only", "data.front_view_any_base", "model.prediction_type", "model.zero_terminal_snr",
-        "optim.compile_unet",
+        "data.front_view_only", "data.front_view_any_base", "data.focus_any_base", "model.prediction_type",
+        "model.zero_terminal_snr", "optim.compile_unet",
     )  # fmt: skip
     dumped = config.model_dump(mode="json")
     recipe = {}

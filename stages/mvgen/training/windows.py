@@ -50,6 +50,7 @@ class WindowSpec:
     focus_fraction: float = 0.0
     front_view_only: bool = False
     any_base: bool = False
+    focus_any_base: bool = False
 
     @classmethod
     def from_config(cls, data, names: list[str]) -> WindowSpec:  # noqa: ANN001  (a DataConfig)
@@ -66,6 +67,7 @@ class WindowSpec:
             focus_fraction=data.focus_fraction,
             front_view_only=data.front_view_only,
             any_base=data.front_view_any_base,
+            focus_any_base=data.focus_any_base,
         )
 
 
@@ -126,7 +128,7 @@ def draw_window(clips: ClipTable, spec: WindowSpec, generator: torch.Generator, 
         base = mono
     if focus or spec.front_view_only:
         mono = front_view(nv)
-        if focus or not spec.any_base:
+        if not (spec.focus_any_base if focus else spec.any_base):
             base = mono
     ring = [(base + k * (nv // 4)) % nv for k in range(4)]
     return Window(c, frames, mono, ring, [((v - mono) * 360.0 / nv) % 360.0 for v in ring])
