@@ -204,7 +204,8 @@ def test_benchmark_results_hold_one_current_file_per_benchmark_and_device():
         assert json.loads(path.read_text()), path
         # distill_quality_alpaca_h100.json is a second file of benchmarks/distill_quality.py on the H100: its runs
         # belong under `runs` of the one file.
-        script = next((s for s in scripts if m["benchmark"] == s or m["benchmark"].startswith(s + "_")), m["benchmark"])
+        name = m["benchmark"]
+        script = next((s for s in scripts if name == s or name.startswith(s + "_")), name)
         key = (script, m["device"])
         assert key not in seen, f"{path.name} and {seen[key]}: one file per benchmark ({script}) and device"
         seen[key] = path.name
