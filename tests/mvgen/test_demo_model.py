@@ -293,6 +293,21 @@ def test_tiny_run_exports_a_fourdm_folder_that_loads_and_samples(trained):
     }
 
 
+def test_a_run_from_weights_fine_tunes_them_and_reports_their_vae(data, trained, tmp_path):
+    start = trained / EXPORT
+    out = run(tiny_config("schedule.steps=2"), data_dir=data, weights_dir=start, output_dir=tmp_path / "ft")
+    log = [json.loads(line) for line in (tmp_path / "ft/train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["phase"] == "unet"] == [1, 2] and not [r for r in log if r["phase"] == "vae"]
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(start / vae)), load_file(str(out / vae))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the VAE is the starting one, untouched
+    scaling = json.loads((start / "vae/config.json").read_text())["scaling_factor"]
+    summary = json.loads((tmp_path / "ft/summary.json").read_text())
+    assert summary["vae"] == {"from": str(start), "scaling_factor": pytest.approx(scaling)}
+    report = (tmp_path / "ft/report.md").read_text()
+    assert f"VAE: the starting weights' (`{start}`), frozen; scaling factor {scaling:.5f}." in report
+
+
 def test_rerun_resumes_from_the_checkpoint_and_a_lost_optimizer_warms_up_again(data, trained, tmp_path):
     import shutil
 

@@ -69,6 +69,16 @@ class TrainLog:
         log.info("%s step %d: loss %.4f (lr %.2e, %.0f s)", phase, step, row["loss"], lr, row["elapsed_s"])
 
 
+def _vae_line(vae: dict) -> str:
+    """The report's VAE sentence: trained in the run, or the starting weights' (`--weights`)."""
+    if "from" in vae:
+        return f"VAE: the starting weights' (`{vae['from']}`), frozen; scaling factor {vae['scaling_factor']:.5f}."
+    return (
+        f"VAE: {vae['steps']} steps, reconstruction PSNR {vae['recon_psnr_db']:.2f} dB "
+        f"(16 images, `samples/vae_reconstructions.png`), scaling factor {vae['scaling_factor']:.5f}."
+    )
+
+
 def write_report(output_dir: Path, summary: dict) -> None:
     """`report.md`: the numbers of the model card (data, sizes, steps, loss curve, sample PSNRs) from the run."""
     rows = (
@@ -84,8 +94,7 @@ def write_report(output_dir: Path, summary: dict) -> None:
         f"({', '.join(summary['data']['subjects'])}), {summary['data']['images']} images at "
         f"{summary['data']['size_px']}².",
         "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in summary["parameters"].items()) + ".",
-        f"VAE: {summary['vae']['steps']} steps, reconstruction PSNR {summary['vae']['recon_psnr_db']:.2f} dB "
-        f"(16 images, `samples/vae_reconstructions.png`), scaling factor {summary['vae']['scaling_factor']:.5f}.",
+        _vae_line(summary["vae"]),
         f"UNet: {summary['unet']['steps']} steps in all ({summary['unet']['steps_this_run']} in this run at "
         f"{summary['unet']['steps_per_s_this_run']} steps/s), {summary['unet']['windows_seen']:,} windows of "
         f"{summary['data']['num_frames']} frames × 5 slots.",

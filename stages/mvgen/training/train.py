@@ -231,6 +231,8 @@ def run(
                 pipe.vae.register_to_config(scaling_factor=state.scaling_factor)
                 del mean, std
             summary["vae"]["scaling_factor"] = state.scaling_factor
+        else:  # the starting weights' VAE, frozen
+            summary["vae"] = {"from": str(weights_dir), "scaling_factor": pipe.vae.config.scaling_factor}
         t1 = time.monotonic()
         if config.data.in_memory:
             batches = MemoryBatches(pipe, bank, build_caches(pipe, bank, rgb), config)
