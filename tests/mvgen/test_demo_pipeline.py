@@ -77,4 +77,7 @@ def test_demo_gpu_is_the_demo_model_on_cuda_with_the_papers_field_and_the_fast_r
     assert gpu.sds_resolution.sizes_px == [64]  # the demo model's 64²
     assert gpu.guidance == cpu.guidance and gpu.loss_weights == cpu.loss_weights and gpu.seed == cpu.seed
     views = len(configs["mvgen"].azimuth_offsets_deg) * 4
-    assert [gpu.cameras.anchor_view, *gpu.cameras.extra_anchor_views] == list(range(views))  # every mvgen view
+    anchors = [gpu.cameras.anchor_view, *gpu.cameras.extra_anchor_views]
+    assert sorted(set(anchors)) == list(range(views))  # every mvgen view...
+    assert all(anchors.count(v) == (2 if v < 4 else 1) for v in range(views))  # ...the orthogonal ones twice
+    assert gpu.cameras.anchor_source == "input"  # the input video at the front camera
