@@ -1,9 +1,11 @@
-"""The shipped demo model is reproducible from the repository: the training config weights/demo/README.md tells
-to run (configs/demo/train_fourdm.yaml, `--minutes 9.2`) is the one its last training run recorded.
+"""The shipped demo model is reproducible from the repository: the training configs weights/demo/README.md tells
+to run are the ones its training runs recorded: configs/demo/train_fourdm.yaml (`--minutes 9.2`) for the run from
+scratch (training/summary_call2.json), configs/demo/finetune_fourdm.yaml for the fine-tune of its weights that
+produced the shipped ones (training/summary.json).
 
-The run recorded its recipe under the flat key names of the trainer's earlier config layout, and a config_sha256
-of that layout; the sectioned TrainConfig hashes differently, so the check is by value: every recorded recipe value
-is the merged config's value of the key it moved to."""
+The run from scratch recorded its recipe under the flat key names of the trainer's earlier config layout, and a
+config_sha256 of that layout; the sectioned TrainConfig hashes differently, so the check is by value: every recorded
+recipe value is the merged config's value of the key it moved to."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ MOVED = {
 
 
 def test_the_committed_demo_config_is_the_recorded_training_config():
-    summary = json.loads((REPO / "weights/demo/training/summary.json").read_text())
+    summary = json.loads((REPO / "weights/demo/training/summary_call2.json").read_text())
     config = parse_config(REPO / "configs/demo/train_fourdm.yaml", [], minutes=9.2).model_dump(mode="json")
     value = lambda key: config[key.split(".")[0]][key.split(".")[1]]  # noqa: E731
     # A key the run did not record is an option added after it: the committed config must leave it at its default.
@@ -47,3 +49,15 @@ def test_the_committed_demo_config_is_the_recorded_training_config():
     assert value("schedule.minutes") == 9.2
     # The demo recipe: the caption is what an unconditional window loses with its reference video.
     assert value("conditioning.drop_with_reference") == "caption"
+
+
+def test_the_committed_fine_tune_config_is_the_recorded_fine_tune():
+    summary = json.loads((REPO / "weights/demo/training/summary.json").read_text())
+    config = parse_config(REPO / "configs/demo/finetune_fourdm.yaml", []).model_dump(mode="json")
+    recipe = summary["recipe"]
+    assert recipe, "the fine-tune recorded no recipe"
+    assert {key: config[key.split(".")[0]][key.split(".")[1]] for key in recipe} == recipe
+    assert recipe["data.focus_any_base"] is True
+    # It started from trained weights (their frozen VAE), not from scratch, and its data are the demo renders.
+    assert "from" in summary["vae"]
+    assert summary["data"]["size_px"] == config["data"]["size_px"]
