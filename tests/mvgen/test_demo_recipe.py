@@ -34,21 +34,26 @@ MOVED = {
 """Recorded recipe key → the key of configs/demo/train_fourdm.yaml that holds it."""
 
 
+def value(config: dict, key: str):  # noqa: ANN201
+    """The value of a dotted `section.name` key in a dumped TrainConfig."""
+    section, name = key.split(".")
+    return config[section][name]
+
+
 def test_the_committed_demo_config_is_the_recorded_training_config():
     summary = json.loads((REPO / "weights/demo/training/summary_call2.json").read_text())
     config = parse_config(REPO / "configs/demo/train_fourdm.yaml", [], minutes=9.2).model_dump(mode="json")
-    value = lambda key: config[key.split(".")[0]][key.split(".")[1]]  # noqa: E731
     # A key the run did not record is an option added after it: the committed config must leave it at its default.
     assert set(summary["recipe"]) <= set(MOVED)
-    assert {key: value(MOVED[key]) for key in summary["recipe"]} == summary["recipe"]
+    assert {key: value(config, MOVED[key]) for key in summary["recipe"]} == summary["recipe"]
     defaults = TrainConfig().model_dump(mode="json")
     for key in set(MOVED) - set(summary["recipe"]):
-        section, name = MOVED[key].split(".")
-        assert config[section][name] == defaults[section][name], key
-    assert (value("vae_phase.steps"), value("data.size_px")) == (summary["vae"]["steps"], summary["data"]["size_px"])
-    assert value("schedule.minutes") == 9.2
+        assert value(config, MOVED[key]) == value(defaults, MOVED[key]), key
+    recorded = (summary["vae"]["steps"], summary["data"]["size_px"])
+    assert (value(config, "vae_phase.steps"), value(config, "data.size_px")) == recorded
+    assert value(config, "schedule.minutes") == 9.2
     # The demo recipe: the caption is what an unconditional window loses with its reference video.
-    assert value("conditioning.drop_with_reference") == "caption"
+    assert value(config, "conditioning.drop_with_reference") == "caption"
 
 
 def test_the_committed_fine_tune_config_is_the_recorded_fine_tune():
@@ -56,8 +61,8 @@ def test_the_committed_fine_tune_config_is_the_recorded_fine_tune():
     config = parse_config(REPO / "configs/demo/finetune_fourdm.yaml", []).model_dump(mode="json")
     recipe = summary["recipe"]
     assert recipe, "the fine-tune recorded no recipe"
-    assert {key: config[key.split(".")[0]][key.split(".")[1]] for key in recipe} == recipe
+    assert {key: value(config, key) for key in recipe} == recipe
     assert recipe["data.focus_any_base"] is True
-    # It started from trained weights (their frozen VAE), not from scratch, and its data are the demo renders.
+    # It started from trained weights (their frozen VAE), not from scratch, at the demo model's size.
     assert "from" in summary["vae"]
     assert summary["data"]["size_px"] == config["data"]["size_px"]
