@@ -6,7 +6,9 @@ azimuths such as 45/135/225/315°, views no anchor covers), each recipe (a disti
 camera every `--eval-every` steps and scores it: PSNR, SSIM (eval's definitions, bicubic to `--image-size`) and
 foreground IoU (opacity > 0.5 vs GT alpha > 0.5). The observer's own time is subtracted, so `train_s` and `stage_s`
 are what the stage costs. `--budget-s` stops a recipe's optimisation early (e.g. the paper's 35000-step recipe) and
-records how far it got. The mvgen views' own scores at the 4 GT cameras are the bar a distilled field should reach.
+records how far it got. The mvgen views' own scores at the 4 GT cameras are the bar a distilled field should reach;
+where the mvgen artifact has views at the novel cameras too (configs/demo-gpu/mvgen.yaml's 45° offsets), their
+scores there are recorded as `mvgen_novel`.
 
 `--oracle-size N` replaces the mvgen artifact by the ground truth's own 4 views at N px ("oracle mvgen"): the field is
 then fitted to known answers and must reproduce them.
@@ -16,7 +18,7 @@ gaussians=configs/demo-gpu/distill_gaussians.yaml` beside the NeRF recipes; the 
 
     python benchmarks/distill_quality.py --subject fox --preprocess data/demo/preprocess/fox \\
         --mvgen data/demo/mvgen/fox --ground-truth examples/fox/render --novel-ground-truth data/render/fox_novel \\
-        --weights weights/demo/fourdm --recipe fast=configs/fast-demo/distill.yaml \\
+        --weights weights/demo/fourdm --recipe fast=configs/demo-gpu/distill.yaml \\
         --recipe paper=configs/distill.yaml --budget-s 600 --output out/distill_quality/fox
 
 Writes `<output>/distill_quality.json` (environment, mvgen scores, one curve per recipe), `curves.png` (PSNR and
@@ -52,6 +54,7 @@ from stages.distill import run as run_distill  # noqa: E402
 from stages.distill.gaussians import GaussianTrainer  # noqa: E402
 from stages.distill.trainer import Trainer  # noqa: E402
 from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim  # noqa: E402
+from stages.eval.pairing import angle_diff_deg  # noqa: E402
 
 log = logging.getLogger("distill_quality")
 
@@ -103,6 +106,22 @@ def score(pred: np.ndarray, pred_alpha: np.ndarray, gt: GroundTruth, views: list
         inter, union = (mask_pred & mask_gt).sum(), (mask_pred | mask_gt).sum()
         out["iou"] = float(inter / max(union, 1))
     return out
+
+
+def views_at(cameras: list[OrbitCamera], targets: list[OrbitCamera], tolerance_deg: float = 0.5) -> list[int] | None:
+    """The view of the camera in `cameras` at each target's azimuth and elevation; None if a target has none."""
+    found = []
+    for target in targets:
+        match = [
+            c.view
+            for c in cameras
+            if angle_diff_deg(c.azimuth_deg, target.azimuth_deg) <= tolerance_deg
+            and abs(c.elevation_deg - target.elevation_deg) <= tolerance_deg
+        ]
+        if not match:
+            return None
+        found.append(match[0])
+    return found
 
 
 def render_views(
@@ -326,6 +345,16 @@ def main(argv: list[str] | None = None) -> None:
         "recipes": {},
     }
     log.info("mvgen views vs GT: %s", json.dumps(result["mvgen"]))
+    novel_views = views_at(load_cameras(mvgen_dir / mvgen.views.cameras_file), gt.cameras[4:])
+    if len(gt.cameras) > 4 and novel_views:
+        num_frames = mvgen.views.num_frames
+        novel_rgba = np.stack(  # (4, F, h, w, 4)
+            [[read_rgba(mvgen.views.frame_path(mvgen_dir, v, f)) for f in range(num_frames)] for v in novel_views]
+        )
+        novel_rgb = np.stack([[composite_on_white(im) for im in view] for view in novel_rgba])
+        novel = list(range(4, len(gt.cameras)))
+        result["mvgen_novel"] = score(novel_rgb, novel_rgba[..., 3], gt, novel, args.image_size)
+        log.info("mvgen views vs GT at the novel cameras: %s", json.dumps(result["mvgen_novel"]))
     finals = {}
     for item in args.recipe:
         name, path = item.split("=", 1)

@@ -70,3 +70,15 @@ def test_a_budget_ends_a_recipe_early_and_says_so(tmp_path):
     recipe = json.loads((out / "distill_quality.json").read_text())["recipes"]["b"]
     assert not recipe["completed"] and [p["step"] for p in recipe["curve"]] == [1]
     assert not (out / "runs/b/manifest.json").exists()  # stopped before its exports: no artifact
+
+
+def test_the_mvgen_views_at_the_novel_cameras_are_found_by_azimuth_and_elevation():
+    from stages.common.cameras import OrbitCamera
+
+    bench = load_benchmark()
+    mvgen = [OrbitCamera.from_angles(v, a, 0.0, 1.1, 45.0) for v, a in enumerate((0, 90, 180, 270, 45, 135, 225, 315))]
+    novel = [OrbitCamera.from_angles(4 + i, a, 0.0, 1.1, 45.0) for i, a in enumerate((45.0, 135.0, 225.0, -45.0))]
+    assert bench.views_at(mvgen, novel) == [4, 5, 6, 7]  # −45° is 315°
+    assert bench.views_at(mvgen[:4], novel) is None  # 4 orthogonal views: nothing to score there
+    raised = [OrbitCamera.from_angles(4 + i, a, 15.0, 1.1, 45.0) for i, a in enumerate((45.0, 135.0, 225.0, 315.0))]
+    assert bench.views_at(mvgen, raised) is None  # same azimuths, another elevation
