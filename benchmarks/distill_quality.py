@@ -54,7 +54,7 @@ from stages.distill import run as run_distill  # noqa: E402
 from stages.distill.gaussians import GaussianTrainer  # noqa: E402
 from stages.distill.trainer import Trainer  # noqa: E402
 from stages.eval.metrics.psnr_ssim import compute_psnr, compute_ssim  # noqa: E402
-from stages.eval.pairing import angle_diff_deg  # noqa: E402
+from stages.eval.pairing import same_direction  # noqa: E402
 
 log = logging.getLogger("distill_quality")
 
@@ -112,16 +112,19 @@ def views_at(cameras: list[OrbitCamera], targets: list[OrbitCamera], tolerance_d
     """The view of the camera in `cameras` at each target's azimuth and elevation; None if a target has none."""
     found = []
     for target in targets:
-        match = [
-            c.view
-            for c in cameras
-            if angle_diff_deg(c.azimuth_deg, target.azimuth_deg) <= tolerance_deg
-            and abs(c.elevation_deg - target.elevation_deg) <= tolerance_deg
-        ]
+        match = [c.view for c in cameras if same_direction(c, target, tolerance_deg)]
         if not match:
             return None
         found.append(match[0])
     return found
+
+
+def read_views(mvgen: MvgenManifest, mvgen_dir: Path, views: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """An mvgen artifact's `views`, every frame: (V, F, h, w, 3) uint8 on white and (V, F, h, w) uint8 alpha."""
+    rgba = np.stack(
+        [[read_rgba(mvgen.views.frame_path(mvgen_dir, v, f)) for f in range(mvgen.views.num_frames)] for v in views]
+    )
+    return np.stack([[composite_on_white(im) for im in view] for view in rgba]), rgba[..., 3]
 
 
 def render_views(
@@ -320,21 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     gt_dirs = [Path(args.ground_truth)] + ([Path(args.novel_ground_truth)] if args.novel_ground_truth else [])
     gt = GroundTruth(gt_dirs, mvgen.views.source_indices)
 
-    mv_rgb = np.stack(
-        [
-            [
-                composite_on_white(read_rgba(mvgen.views.frame_path(mvgen_dir, v, f)))
-                for f in range(mvgen.views.num_frames)
-            ]
-            for v in range(4)
-        ]
-    )
-    mv_alpha = np.stack(
-        [
-            [read_rgba(mvgen.views.frame_path(mvgen_dir, v, f))[..., 3] for f in range(mvgen.views.num_frames)]
-            for v in range(4)
-        ]
-    )
+    mv_rgb, mv_alpha = read_views(mvgen, mvgen_dir, list(range(4)))
     result = {
         "subject": args.subject,
         "oracle": bool(args.oracle_size),
@@ -346,14 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     log.info("mvgen views vs GT: %s", json.dumps(result["mvgen"]))
     novel_views = views_at(load_cameras(mvgen_dir / mvgen.views.cameras_file), gt.cameras[4:])
-    if len(gt.cameras) > 4 and novel_views:
-        num_frames = mvgen.views.num_frames
-        novel_rgba = np.stack(  # (4, F, h, w, 4)
-            [[read_rgba(mvgen.views.frame_path(mvgen_dir, v, f)) for f in range(num_frames)] for v in novel_views]
-        )
-        novel_rgb = np.stack([[composite_on_white(im) for im in view] for view in novel_rgba])
+    if novel_views:  # an empty list without novel GT cameras
+        novel_rgb, novel_alpha = read_views(mvgen, mvgen_dir, novel_views)
         novel = list(range(4, len(gt.cameras)))
-        result["mvgen_novel"] = score(novel_rgb, novel_rgba[..., 3], gt, novel, args.image_size)
+        result["mvgen_novel"] = score(novel_rgb, novel_alpha, gt, novel, args.image_size)
         log.info("mvgen views vs GT at the novel cameras: %s", json.dumps(result["mvgen_novel"]))
     finals = {}
     for item in args.recipe:

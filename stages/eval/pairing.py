@@ -56,6 +56,14 @@ def _check_cameras(cameras: list[OrbitCamera], num_views: int, source: str) -> d
     return by_view
 
 
+def same_direction(a: OrbitCamera, b: OrbitCamera, tolerance_deg: float) -> bool:
+    """Whether two cameras look from the same azimuth and elevation, within `tolerance_deg` each."""
+    return (
+        angle_diff_deg(a.azimuth_deg, b.azimuth_deg) <= tolerance_deg
+        and abs(a.elevation_deg - b.elevation_deg) <= tolerance_deg
+    )
+
+
 def pair_views(
     prediction: list[OrbitCamera], ground_truth: list[OrbitCamera], tolerance_deg: float
 ) -> list[tuple[OrbitCamera, OrbitCamera]]:
@@ -70,12 +78,7 @@ def pair_views(
     pairs = []
     gt_text = ", ".join(_describe(c) for c in ground_truth)
     for cam in sorted(prediction, key=lambda c: c.view):
-        matches = [
-            g
-            for g in ground_truth
-            if angle_diff_deg(cam.azimuth_deg, g.azimuth_deg) <= tolerance_deg
-            and abs(cam.elevation_deg - g.elevation_deg) <= tolerance_deg
-        ]
+        matches = [g for g in ground_truth if same_direction(cam, g, tolerance_deg)]
         if not matches:
             raise StageError(
                 f"prediction {_describe(cam)} has no ground-truth view within {tolerance_deg:g}°; "
